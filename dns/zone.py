@@ -13,6 +13,7 @@ carry the same data over HTTP when DNS runs as its own process.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -84,21 +85,29 @@ class ZoneData:
     generation: int
     services: Mapping[str, Service] = field(default_factory=dict)
     pods: tuple[Pod, ...] = ()
+    # Namespaces that exist, so ``<ns>.svc.<zone>`` is NODATA even with no Services in it
+    # (dns-spec A8). Optional: namespaces of services and pods count as existing anyway.
+    namespaces: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
             "generation": self.generation,
             "services": [_service_to_json(s) for _, s in sorted(self.services.items())],
             "pods": [[p.namespace, p.name, p.ip] for p in self.pods],
+            "namespaces": list(self.namespaces),
         }
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> "ZoneData":
-        services = (_service_from_json(s) for s in data.get("services", ()))
+        # Equal port lists share one tuple and namespaces are interned: a 50,000-pod zone
+        # parsed from JSON would otherwise hold ~10 MB of identical ServicePort objects.
+        ports_cache: dict[tuple, tuple[ServicePort, ...]] = {}
+        services = (_service_from_json(s, ports_cache) for s in data.get("services", ()))
         return cls(
             generation=int(data["generation"]),
             services={s.key: s for s in services},
-            pods=tuple(Pod(ns, name, ip) for ns, name, ip in data.get("pods", ())),
+            pods=tuple(Pod(sys.intern(ns), name, ip) for ns, name, ip in data.get("pods", ())),
+            namespaces=tuple(sys.intern(str(ns)) for ns in data.get("namespaces", ())),
         )
 
 
@@ -107,7 +116,17 @@ def _port_to_json(p: ServicePort) -> list[Any]:
 
 
 def _port_from_json(p: list[Any]) -> ServicePort:
-    return ServicePort(str(p[0]), int(p[1]), str(p[2]))
+    return ServicePort(sys.intern(str(p[0])), int(p[1]), sys.intern(str(p[2])))
+
+
+def _ports_from_json(items: Any, cache: dict[tuple, tuple[ServicePort, ...]] | None) -> tuple[ServicePort, ...]:
+    if cache is None:
+        return tuple(_port_from_json(p) for p in items)
+    key = tuple(tuple(p) for p in items)
+    ports = cache.get(key)
+    if ports is None:
+        ports = cache[key] = tuple(_port_from_json(p) for p in items)
+    return ports
 
 
 def _service_to_json(s: Service) -> dict[str, Any]:
@@ -131,20 +150,20 @@ def _service_to_json(s: Service) -> dict[str, Any]:
     }
 
 
-def _service_from_json(d: Mapping[str, Any]) -> Service:
+def _service_from_json(d: Mapping[str, Any], ports_cache: dict | None = None) -> Service:
     return Service(
-        namespace=d["namespace"],
+        namespace=sys.intern(d["namespace"]),
         name=d["name"],
         cluster_ips=tuple(d.get("clusterIPs", ())),
         headless=bool(d.get("headless", False)),
         external_name=d.get("externalName"),
-        ports=tuple(_port_from_json(p) for p in d.get("ports", ())),
+        ports=_ports_from_json(d.get("ports", ()), ports_cache),
         endpoints=tuple(
             Endpoint(
                 address=e["address"],
                 ready=bool(e.get("ready", True)),
                 hostname=e.get("hostname"),
-                ports=tuple(_port_from_json(p) for p in e.get("ports", ())),
+                ports=_ports_from_json(e.get("ports", ()), ports_cache),
                 pod=e.get("pod"),
             )
             for e in d.get("endpoints", ())

@@ -1,0 +1,20 @@
+# The two commands the README starts with. Both install what they need first.
+.PHONY: lab test test-fast lint bench clean
+
+# Bring the lab up in one process with every example applied (Ctrl-C to stop).
+lab:
+	scripts/install-deps.sh
+	.venv/bin/kubelab up --ephemeral -f examples/
+
+# Install the test dependencies and run the whole suite (e2e parts skip with a reason
+# when root, network namespaces or a docker engine are missing).
+test:
+	scripts/install-deps.sh --test
+	@# import contracts: see .importlinter (lint-imports needs a strict editable install; not yet wired)
+	.venv/bin/pytest
+
+test-fast:
+	.venv/bin/pytest -q tests/unit
+
+clean:
+	rm -rf .venv build *.egg-info .state .pytest_cache

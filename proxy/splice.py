@@ -1,0 +1,397 @@
+"""TCP relay: a downstream (client) / upstream (endpoint) Protocol pair.
+
+Why plain Protocols and not streams: every chunk goes straight from
+``data_received`` into the peer's ``transport.write`` (no queue, no task, no
+await), which is the shortest copy loop asyncio and uvloop can do.
+
+* **Connect.** Bytes the client sends before the endpoint is connected are kept
+  (reading pauses above the high water mark). One task per connection
+  (``Downstream._connect``) walks the connect schedule (kube-proxy userspace: 250 ms, 500 ms, 1 s, 2 s), each attempt on the next endpoint with
+  the ClientIP affinity reset. When all attempts fail the client is reset.
+  NetworkPolicy is checked on the picked endpoint before connecting; a denial
+  resets the client and is counted and logged with the policy's explanation.
+* **Flow control both ways.** ``pause_writing`` on one side means its peer is
+  reading too slowly, so the *other* transport stops reading; ``resume_writing``
+  undoes it. Memory per connection is bounded by the two write buffers' high
+  water marks (plus one socket read).
+* **Half-close.** ``eof_received`` on one side becomes ``write_eof`` (a FIN,
+  ``shutdown(SHUT_WR)``) on the other and keeps the transport open; once both
+  directions have seen EOF both transports close.
+* **Close.** A side that goes away closes its peer: gracefully (flushing) after a
+  clean close, with an abort (RST) when it was reset.
+* **Idle timeout.** The data path only sets an ``active`` flag; one sweep timer per
+  frontend (``sweep_idle``) closes connections whose flag stayed down for a whole
+  period, so an idle connection goes after between one and two idle timeouts. No
+  timer is created, re-armed or cancelled per connection or per chunk.
+* **Connect timeout.** A plain ``call_later`` that cancels the connect task (not
+  ``asyncio.timeout``, which costs a context object and two running-loop lookups
+  per attempt on the accept path).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from kubelab.proxy.listener import TcpFrontend
+    from kubelab.proxy.metrics import EndpointStats
+
+log = logging.getLogger(__name__)
+
+_FLOW_ERRORS = (AttributeError, NotImplementedError, RuntimeError)
+
+
+class ReadBuffer:
+    """One receive buffer shared by every connection of a loop (reads never interleave).
+
+    ``get_buffer`` hands out ``view``; ``buffer_updated`` writes ``view[:n]`` to the peer
+    transport at once. When that transport could not send it all, it keeps a reference
+    to our memory (uvloop queues the memoryview itself), so ``renew`` gives later reads a
+    fresh buffer. This saves the copy into a new ``bytes`` object per read that
+    ``data_received`` implies: one of three copies per chunk on the bulk path.
+    """
+
+    __slots__ = ("size", "view")
+
+    def __init__(self, size: int = 256 * 1024) -> None:
+        self.size = size
+        self.view = memoryview(bytearray(size))
+
+    def renew(self) -> None:
+        self.view = memoryview(bytearray(self.size))
+
+
+BIG_READ = 64 * 1024
+
+
+def relay(t: Any, rbuf: ReadBuffer, nbytes: int) -> None:
+    """Write what was just read into ``rbuf`` to transport ``t``.
+
+    Large reads go out as a view of the shared buffer (no copy) when ``t`` has nothing
+    queued, so the kernel most likely takes it all at once; if it did not, ``t`` now holds
+    our memory and the buffer is renewed. Small reads (requests, responses) and writes
+    behind a queue are copied into ``bytes``: cheap for small sizes, and it avoids
+    renewing (allocating and zeroing) the big buffer on every partial write.
+    """
+    if nbytes >= BIG_READ and not t.get_write_buffer_size():
+        t.write(rbuf.view[:nbytes])
+        if t.get_write_buffer_size():
+            rbuf.renew()
+    else:
+        t.write(rbuf.view[:nbytes].tobytes())
+
+
+class Upstream(asyncio.BufferedProtocol):
+    __slots__ = ("down", "transport", "eof")
+
+    def __init__(self, down: "Downstream") -> None:
+        self.down = down
+        self.transport: Any = None
+        self.eof = False
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        d = self.down
+        if d.closed:
+            transport.abort()
+            return
+        cfg = d.fe.shared.config
+        transport.set_write_buffer_limits(cfg.high_water, cfg.low_water)
+        d.up = self  # d.upt is set by _connect once the client's early bytes are flushed
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.down.rbuf.view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        d = self.down
+        relay(d.transport, d.rbuf, nbytes)
+        d.ep.bytes_out += nbytes
+        d.active = True
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        d = self.down
+        if d.up is not self:
+            return False
+        if d.eof:
+            d.close()
+        else:
+            t = d.transport
+            if not t.is_closing():
+                t.write_eof()
+        return True
+
+    def pause_writing(self) -> None:
+        try:
+            self.down.transport.pause_reading()
+        except _FLOW_ERRORS:
+            pass
+
+    def resume_writing(self) -> None:
+        try:
+            self.down.transport.resume_reading()
+        except _FLOW_ERRORS:
+            pass
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        d = self.down
+        # The last callback: drop the back reference so the Downstream/Upstream pair is freed
+        # by reference counting instead of waiting for the cyclic GC (one cycle per connection
+        # showed up as gc_collect_main in profiles of the accept path).
+        self.down = None  # type: ignore[assignment]
+        if d.up is not self:
+            return  # an attempt that was abandoned (timeout) or a late connect
+        t = d.transport
+        if exc is None:
+            t.close()
+        else:
+            t.abort()
+
+
+class Downstream(asyncio.BufferedProtocol):
+    """The client side of one proxied connection; owns the pair's lifecycle."""
+
+    __slots__ = (
+        "fe", "transport", "up", "upt", "ep", "eof", "active", "task", "timed_out",
+        "closed", "counted", "client_ip", "backend", "early", "rbuf",
+    )
+
+    def __init__(self, fe: "TcpFrontend") -> None:
+        self.fe = fe
+        self.transport: Any = None
+        self.up: Upstream | None = None
+        self.upt: Any = None
+        self.ep: EndpointStats | None = None
+        self.eof = False
+        self.active = False
+        self.task: asyncio.Task[None] | None = None
+        self.timed_out = False
+        self.closed = False
+        self.counted = False
+        self.client_ip = ""
+        self.backend: Any = None
+        self.early: list[bytes] | None = None
+        self.rbuf: ReadBuffer = fe.shared.rbuf
+
+    # -- accept -------------------------------------------------------------
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        fe = self.fe
+        sh = fe.shared
+        if sh.active >= sh.config.max_connections:
+            fe.stats.limit_rejected += 1
+            transport.abort()
+            return
+        sh.active += 1
+        self.counted = True
+        fe.connections.add(self)
+        peer = transport.get_extra_info("peername")
+        self.client_ip = peer[0] if peer else ""
+        if fe.action != "serve":
+            # Local traffic policy with no local endpoint: kube-proxy DROPs. The kernel has
+            # already completed the handshake, so the closest userspace analogue is to hold the
+            # connection silently (the client times out) until the idle timer closes it.
+            fe.stats.dropped += 1
+            transport.pause_reading()
+            return
+        transport.set_write_buffer_limits(sh.config.high_water, sh.config.low_water)
+        self.task = sh.loop.create_task(self._connect())
+
+    def _make_upstream(self) -> Upstream:
+        return Upstream(self)
+
+    def _connect_timeout(self) -> None:
+        task = self.task
+        if task is not None and not task.done():
+            self.timed_out = True
+            task.cancel()
+
+    async def _connect(self) -> None:
+        fe = self.fe
+        sh = fe.shared
+        loop = sh.loop
+        stats = fe.stats
+        proto = fe.frontend.protocol
+        reset = False
+        try:
+            for attempt, timeout in enumerate(sh.config.connect_schedule):
+                backend = fe.balancer.pick(self.client_ip, reset)
+                if backend is None:
+                    break
+                policy = sh.policy
+                if not policy.allows(self.client_ip, backend.ip, backend.port, proto):
+                    stats.policy_denied += 1
+                    log.info(
+                        "denied %s -> %s (%s:%d): %s", self.client_ip, fe.route.service,
+                        backend.ip, backend.port,
+                        policy.explain(self.client_ip, backend.ip, backend.port, proto),
+                    )
+                    self.transport.abort()
+                    return
+                if attempt:
+                    stats.retries += 1
+                ep = stats.endpoint(backend.ip, backend.port)
+                self.ep = ep
+                timer = loop.call_later(timeout, self._connect_timeout)
+                try:
+                    await loop.create_connection(self._make_upstream, backend.ip, backend.port)
+                except asyncio.CancelledError:
+                    timer.cancel()
+                    if not self.timed_out or self.closed:
+                        raise  # the client went away (connection_lost) or shutdown
+                    self.timed_out = False
+                    self.task.uncancel()  # type: ignore[union-attr]
+                    self.up = self.upt = None
+                    ep.connect_failures += 1
+                    reset = True
+                    log.debug("connect %s:%d for %s timed out", backend.ip, backend.port, fe.route.service)
+                    continue
+                except OSError as exc:
+                    timer.cancel()
+                    self.up = self.upt = None
+                    ep.connect_failures += 1
+                    reset = True
+                    log.debug("connect %s:%d for %s failed: %r", backend.ip, backend.port, fe.route.service, exc)
+                    continue
+                timer.cancel()
+                up = self.up
+                if self.closed or up is None:
+                    # The client went away while we were connecting.
+                    if up is not None:
+                        up.transport.close()
+                    return
+                upt = up.transport
+                self.backend = backend
+                ep.active += 1
+                ep.total += 1
+                early = self.early
+                if early is not None:
+                    self.early = None
+                    for data in early:
+                        upt.write(data)
+                        ep.bytes_in += len(data)
+                self.upt = upt  # from here on data_received writes straight through
+                if self.eof:
+                    if up.eof:
+                        self.close()
+                    else:
+                        upt.write_eof()
+                elif early is not None:
+                    self.transport.resume_reading()  # no-op unless _early_data paused it
+                return
+            stats.refused += 1
+            log.info("no endpoint of %s accepted a connection from %s; resetting", fe.route.service, self.client_ip)
+            self.transport.abort()
+        finally:
+            self.task = None
+
+    # -- data ---------------------------------------------------------------
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.rbuf.view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        upt = self.upt
+        rbuf = self.rbuf
+        if upt is None:
+            self._early_data(bytes(rbuf.view[:nbytes]))
+            return
+        relay(upt, rbuf, nbytes)
+        self.ep.bytes_in += nbytes
+        self.active = True
+
+    def data_received(self, data: bytes) -> None:
+        """Not used by asyncio for a BufferedProtocol; kept for direct calls (tests)."""
+        upt = self.upt
+        if upt is None:
+            self._early_data(data)
+            return
+        upt.write(data)
+        self.ep.bytes_in += len(data)
+        self.active = True
+
+    def _early_data(self, data: bytes) -> None:
+        # Bytes that arrive while the endpoint is still being connected (a client that speaks
+        # first, like every HTTP client) are kept, up to the high water mark; then reading
+        # pauses until the connect is done. Not pausing for the common small request saves
+        # two epoll_ctl calls per connection on the accept path.
+        early = self.early
+        if early is None:
+            early = self.early = []
+        early.append(data)
+        if sum(map(len, early)) > self.fe.shared.config.high_water:
+            try:
+                self.transport.pause_reading()
+            except _FLOW_ERRORS:
+                pass
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        t = self.upt
+        if t is None:
+            return True  # still connecting: _connect sends the EOF on after the early data
+        if self.up.eof:  # type: ignore[union-attr]
+            self.close()
+        elif not t.is_closing():
+            t.write_eof()
+        return True
+
+    def pause_writing(self) -> None:
+        try:
+            self.up.transport.pause_reading()  # type: ignore[union-attr]
+        except _FLOW_ERRORS:
+            pass
+
+    def resume_writing(self) -> None:
+        try:
+            self.up.transport.resume_reading()  # type: ignore[union-attr]
+        except _FLOW_ERRORS:
+            pass
+
+    # -- lifecycle ----------------------------------------------------------
+    def close(self) -> None:
+        """Graceful: flush both write buffers, then close."""
+        self.transport.close()
+        if self.up is not None:
+            self.up.transport.close()
+
+    def abort(self) -> None:
+        self.transport.abort()
+        if self.up is not None:
+            self.up.transport.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.task is not None:
+            self.task.cancel()
+        if not self.counted:
+            return
+        self.counted = False
+        fe = self.fe
+        fe.shared.active -= 1
+        fe.connection_done(self)
+        if self.backend is not None:
+            self.ep.active -= 1
+        up = self.up
+        if up is not None:
+            if exc is None:
+                up.transport.close()
+            else:
+                up.transport.abort()
+
+
+def sweep_idle(connections: "set[Downstream]") -> int:
+    """One idle-timeout period passed: close connections without traffic in it.
+
+    Returns how many were closed. Called by the frontend's sweep timer.
+    """
+    closed = 0
+    for conn in list(connections):
+        if conn.active:
+            conn.active = False
+        else:
+            log.debug("closing idle connection from %s to %s", conn.client_ip, conn.fe.route.service)
+            conn.close()
+            closed += 1
+    return closed

@@ -1,0 +1,331 @@
+"""netns mode: one Linux network namespace per pod, on a bridge, with real pod IPs.
+
+Layout (what ``kubelab up --mode netns`` builds; all names start with ``prefix``,
+``kl-`` by default, so ``cleanup(prefix)`` can find everything after a crash):
+
+- a bridge ``<prefix>br0`` in the node (root) namespace holding the pod CIDR's first
+  address as the pods' gateway;
+- per pod a namespace ``<prefix><podns>_<pod>`` (``_`` can't occur in Kubernetes names,
+  so the name is unambiguous) with ``lo`` and ``eth0`` (the pod IP), a default route via
+  the gateway, and a veth ``<prefix><hash>`` on the bridge;
+- ``/etc/netns/<netns>/resolv.conf`` with the cluster search path and the DNS service
+  IP, and ``/etc/netns/<netns>/hosts`` with the pod's own name (kubelet writes the same
+  into a pod's /etc/hosts); ``ip netns exec`` bind-mounts both over /etc;
+- service IPs are not the runtime's business: the proxy claims the service CIDR as a
+  local route in the node namespace, and pods reach it through their default route;
+- when another tool (dockerd) left ``iptables -P FORWARD DROP`` with br_netfilter on,
+  bridged pod-to-pod traffic would be dropped, so an accept rule for the bridge is
+  inserted into ``ip filter FORWARD``, commented ``<prefix>lab`` so cleanup finds it.
+
+Command lists are built by pure functions (unit-tested); ``Netns`` runs them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import ipaddress
+import json
+import logging
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+log = logging.getLogger(__name__)
+
+NETNS_RUN_DIR = Path("/var/run/netns")
+NETNS_ETC_DIR = Path("/etc/netns")
+ROUTE_PROTO = 252  # routes kubelab adds carry this protocol number, so cleanup can find them
+
+
+class NetnsError(RuntimeError):
+    """A failed ip/nft command, with its stderr."""
+
+
+@dataclass(frozen=True)
+class NetnsConfig:
+    """Names and addresses of one netns lab."""
+
+    pod_cidr: ipaddress.IPv4Network
+    dns_ip: str
+    cluster_domain: str = "cluster.local"
+    prefix: str = "kl-"
+    mtu: int = 1500
+    # CIDRs routed as local in the node namespace (service CIDR, LB pool): the proxy and
+    # the DNS server bind addresses in them, and pods reach them through their gateway
+    local_cidrs: tuple[str, ...] = ()
+
+    @property
+    def bridge(self) -> str:
+        return f"{self.prefix}br0"
+
+    @property
+    def gateway(self) -> str:
+        return str(self.pod_cidr.network_address + 1)
+
+
+def supported() -> tuple[bool, str]:
+    """Can this process build namespaces? (root, ``ip`` with netns support)."""
+    if os.geteuid() != 0:
+        return False, "netns mode needs root"
+    if shutil.which("ip") is None:
+        return False, "netns mode needs the ip command (apt-get install iproute2)"
+    probe = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        return False, f"ip netns does not work here: {probe.stderr.strip()}"
+    return True, ""
+
+
+# --------------------------------------------------------------------------- pure naming
+
+
+def netns_name(prefix: str, namespace: str, name: str) -> str:
+    return f"{prefix}{namespace}_{name}"
+
+
+def veth_name(prefix: str, namespace: str, name: str) -> str:
+    """Interface names are at most 15 bytes: the prefix plus a hash of the pod."""
+    room = max(4, 15 - len(prefix))
+    digest = hashlib.sha1(f"{namespace}/{name}".encode()).hexdigest()[:room]
+    return f"{prefix}{digest}"[:15]
+
+
+def resolv_conf(namespace: str, dns_ip: str, cluster_domain: str) -> str:
+    """What kubelet writes for dnsPolicy ClusterFirst."""
+    search = f"{namespace}.svc.{cluster_domain} svc.{cluster_domain} {cluster_domain}"
+    return f"search {search}\nnameserver {dns_ip}\noptions ndots:5\n"
+
+
+def pod_resolv_conf(spec: dict, namespace: str, dns_ip: str, cluster_domain: str) -> str | None:
+    """resolv.conf for a pod's ``dnsPolicy``/``dnsConfig`` (None: use the node's, ``Default``)."""
+    policy = spec.get("dnsPolicy") or "ClusterFirst"
+    if policy == "Default":
+        return None
+    cfg = spec.get("dnsConfig") or {}
+    if policy == "None":
+        nameservers, searches, options = [], [], {}
+    else:  # ClusterFirst, ClusterFirstWithHostNet
+        nameservers = [dns_ip]
+        searches = [f"{namespace}.svc.{cluster_domain}", f"svc.{cluster_domain}", cluster_domain]
+        options = {"ndots": "5"}
+    nameservers += [n for n in cfg.get("nameservers") or [] if n not in nameservers]
+    searches += [d for d in cfg.get("searches") or [] if d not in searches]
+    for opt in cfg.get("options") or []:
+        options[opt["name"]] = opt.get("value")
+    lines = []
+    if searches:
+        lines.append("search " + " ".join(searches[:32]))
+    lines += [f"nameserver {n}" for n in nameservers[:3]]
+    if options:
+        lines.append("options " + " ".join(k if v is None else f"{k}:{v}" for k, v in options.items()))
+    return "\n".join(lines) + "\n"
+
+
+def hosts_file(pod_ip: str, hostname: str, fqdn: str | None) -> str:
+    """kubelet's managed /etc/hosts: localhost lines plus the pod's own name."""
+    names = f"{fqdn}\t{hostname}" if fqdn else hostname
+    return ("# Kubernetes-managed hosts file (kubelab).\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+            f"{pod_ip}\t{names}\n")
+
+
+def bridge_commands(cfg: NetnsConfig) -> list[list[str]]:
+    prefixlen = cfg.pod_cidr.prefixlen
+    return [
+        ["ip", "link", "add", cfg.bridge, "type", "bridge"],
+        ["ip", "link", "set", cfg.bridge, "mtu", str(cfg.mtu)],
+        ["ip", "addr", "add", f"{cfg.gateway}/{prefixlen}", "dev", cfg.bridge],
+        ["ip", "link", "set", cfg.bridge, "up"],
+    ]
+
+
+def local_route_commands(cfg: NetnsConfig, op: str = "replace") -> list[list[str]]:
+    """``ip route replace local CIDR dev lo``: every address in CIDR is this host's (bindable).
+
+    ``replace`` because the proxy's netns VIP claim may have added the same route first."""
+    return [["ip", "route", op, "local", str(cidr), "dev", "lo", "table", "local", "proto", str(ROUTE_PROTO)]
+            for cidr in cfg.local_cidrs]
+
+
+def pod_commands(cfg: NetnsConfig, namespace: str, name: str, pod_ip: str) -> list[list[str]]:
+    ns = netns_name(cfg.prefix, namespace, name)
+    veth = veth_name(cfg.prefix, namespace, name)
+    return [
+        ["ip", "netns", "add", ns],
+        ["ip", "link", "add", veth, "mtu", str(cfg.mtu), "type", "veth", "peer", "name", "eth0", "netns", ns],
+        ["ip", "link", "set", veth, "master", cfg.bridge, "up"],
+        ["ip", "-n", ns, "addr", "add", f"{pod_ip}/{cfg.pod_cidr.prefixlen}", "dev", "eth0"],
+        ["ip", "-n", ns, "link", "set", "lo", "up"],
+        ["ip", "-n", ns, "link", "set", "eth0", "up"],
+        ["ip", "-n", ns, "route", "add", "default", "via", cfg.gateway, "dev", "eth0"],
+    ]
+
+
+def pod_teardown_commands(cfg: NetnsConfig, namespace: str, name: str) -> list[list[str]]:
+    return [
+        ["ip", "link", "del", veth_name(cfg.prefix, namespace, name)],
+        ["ip", "netns", "del", netns_name(cfg.prefix, namespace, name)],
+    ]
+
+
+def forward_rule_needed(ruleset_json: str) -> bool:
+    """True when an ``ip filter FORWARD`` chain exists whose policy is drop."""
+    try:
+        data = json.loads(ruleset_json)
+    except ValueError:
+        return False
+    for item in data.get("nftables", []):
+        chain = item.get("chain")
+        if chain and chain.get("family") == "ip" and chain.get("table") == "filter" \
+                and chain.get("name") == "FORWARD" and chain.get("policy") == "drop":
+            return True
+    return False
+
+
+def rules_with_comment(ruleset_json: str, comment: str) -> list[tuple[str, str, str, int]]:
+    """(family, table, chain, handle) of every rule whose comment is ``comment``."""
+    try:
+        data = json.loads(ruleset_json)
+    except ValueError:
+        return []
+    out = []
+    for item in data.get("nftables", []):
+        rule = item.get("rule")
+        if rule and rule.get("comment") == comment:
+            out.append((rule["family"], rule["table"], rule["chain"], int(rule["handle"])))
+    return out
+
+
+# --------------------------------------------------------------------------- running
+
+
+def _run(argv: Sequence[str], *, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(list(argv), capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise NetnsError(f"{' '.join(argv)}: {proc.stderr.strip() or proc.returncode}")
+    return proc
+
+
+async def run(argv: Sequence[str], *, check: bool = True) -> str:
+    """Run one command off the event loop (they take milliseconds, but never block it)."""
+    proc = await asyncio.to_thread(_run, argv, check=check)
+    return proc.stdout
+
+
+class Netns:
+    """Builds and removes pod namespaces for one lab (all names start with cfg.prefix)."""
+
+    def __init__(self, cfg: NetnsConfig):
+        self.cfg = cfg
+        self._lock = asyncio.Lock()
+        self._forward_rule = False
+
+    def name(self, namespace: str, pod: str) -> str:
+        return netns_name(self.cfg.prefix, namespace, pod)
+
+    async def start(self) -> None:
+        """Create the bridge (after removing leftovers of an earlier, crashed lab)."""
+        await asyncio.to_thread(cleanup, self.cfg.prefix)
+        for argv in bridge_commands(self.cfg) + local_route_commands(self.cfg):
+            await run(argv)
+        if shutil.which("nft"):
+            ruleset = await run(["nft", "-j", "list", "ruleset"], check=False)
+            if forward_rule_needed(ruleset):
+                await run(["nft", "insert", "rule", "ip", "filter", "FORWARD", "iifname", self.cfg.bridge,
+                           "accept", "comment", f'"{self.cfg.prefix}lab"'])
+                self._forward_rule = True
+
+    async def add_pod(self, namespace: str, name: str, pod_ip: str, *, hostname: str, fqdn: str | None,
+                      spec: dict | None = None) -> str:
+        """Namespace + veth + address + resolv.conf/hosts for one pod; returns the netns name."""
+        ns = self.name(namespace, name)
+        async with self._lock:
+            await self._remove(namespace, name)  # a leftover from before a restart
+            etc = NETNS_ETC_DIR / ns
+            etc.mkdir(parents=True, exist_ok=True)
+            resolv = pod_resolv_conf(spec or {}, namespace, self.cfg.dns_ip, self.cfg.cluster_domain)
+            if resolv is not None:  # dnsPolicy Default: the node's own resolv.conf shows through
+                (etc / "resolv.conf").write_text(resolv)
+            (etc / "hosts").write_text(hosts_file(pod_ip, hostname, fqdn))
+            try:
+                for argv in pod_commands(self.cfg, namespace, name, pod_ip):
+                    await run(argv)
+            except NetnsError:
+                await self._remove(namespace, name)
+                raise
+        return ns
+
+    async def remove_pod(self, namespace: str, name: str) -> None:
+        async with self._lock:
+            await self._remove(namespace, name)
+
+    async def _remove(self, namespace: str, name: str) -> None:
+        ns = self.name(namespace, name)
+        await asyncio.to_thread(_kill_netns_pids, ns)
+        for argv in pod_teardown_commands(self.cfg, namespace, name):
+            await run(argv, check=False)
+        shutil.rmtree(NETNS_ETC_DIR / ns, ignore_errors=True)
+
+    async def close(self) -> None:
+        for argv in local_route_commands(self.cfg, "del"):
+            await run(argv, check=False)
+        await asyncio.to_thread(cleanup, self.cfg.prefix)
+
+
+def _kill_netns_pids(ns: str) -> None:
+    if not (NETNS_RUN_DIR / ns).exists():
+        return
+    out = _run(["ip", "netns", "pids", ns], check=False).stdout
+    for pid in out.split():
+        try:
+            os.kill(int(pid), 9)
+        except (ProcessLookupError, ValueError):
+            pass
+
+
+def cleanup(prefix: str = "kl-") -> list[str]:
+    """Remove every namespace, link, /etc/netns dir, nft rule and route of a lab.
+
+    Safe to run at any time (``kubelab down``, or the next start after a crash); returns
+    what it removed, for the command's output.
+    """
+    if not prefix:
+        raise ValueError("refusing to clean up with an empty prefix")
+    removed: list[str] = []
+    if shutil.which("ip") is None:
+        return removed
+    for line in _run(["ip", "netns", "list"], check=False).stdout.splitlines():
+        ns = line.split()[0] if line.split() else ""
+        if ns.startswith(prefix):
+            _kill_netns_pids(ns)
+            _run(["ip", "netns", "del", ns], check=False)
+            removed.append(f"netns {ns}")
+    links = _run(["ip", "-j", "link", "show"], check=False).stdout
+    try:
+        names = [link["ifname"] for link in json.loads(links or "[]")]
+    except ValueError:
+        names = []
+    for ifname in sorted(names, key=lambda n: n.endswith("br0")):  # veths first, bridge last
+        if ifname.startswith(prefix):
+            _run(["ip", "link", "del", ifname], check=False)
+            removed.append(f"link {ifname}")
+    if NETNS_ETC_DIR.is_dir():
+        for d in NETNS_ETC_DIR.iterdir():
+            if d.name.startswith(prefix):
+                shutil.rmtree(d, ignore_errors=True)
+                removed.append(f"dir {d}")
+    if shutil.which("nft"):
+        ruleset = _run(["nft", "-j", "list", "ruleset"], check=False).stdout
+        for family, table, chain, handle in rules_with_comment(ruleset, f"{prefix}lab"):
+            _run(["nft", "delete", "rule", family, table, chain, "handle", str(handle)], check=False)
+            removed.append(f"nft rule {family} {table} {chain} {handle}")
+    if prefix == "kl-":  # routes carry no name: only the lab's own prefix owns proto 252
+        for table in ("main", "local"):
+            out = _run(["ip", "route", "show", "table", table, "proto", str(ROUTE_PROTO)], check=False).stdout
+            for route in out.splitlines():
+                if route.strip():
+                    _run(["ip", "route", "del", "table", table, *route.split()], check=False)
+                    removed.append(f"route {route.strip()} (table {table})")
+    return removed
