@@ -192,6 +192,7 @@ class Lab:
                 host=host,
                 port=port,
                 pod_cidr=str(cfg.pod_cidr),
+                service_cidrs=tuple(str(c) for c in cfg.service_cidrs),
                 admin=self.dns_admin_addr,
             )
         )
