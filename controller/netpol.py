@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Protocol
 
 from kubelab.controller.netpol_validation import validate_network_policy
+from kubelab.controller.validation import selector_matches as _label_selector_matches
 from kubelab.proxy.policy import (
     EGRESS,
     INGRESS,
@@ -82,13 +83,10 @@ ALL_PORTS = (1, 65535)
 
 
 def selector_matches(selector: Mapping[str, Any] | None, labels: Mapping[str, str]) -> bool:
-    """``metav1.LabelSelector`` semantics; ``None`` and ``{}`` match everything.
-
-    NotIn and DoesNotExist match a missing key (apimachinery ``Requirement.Matches``).
-    An unknown operator matches nothing (validation refuses it anyway).
-    """
-    if not selector:
-        return True
+    """``metav1.LabelSelector`` semantics; here ``None`` and ``{}`` both match everything
+    (an absent podSelector/namespaceSelector in a peer selects all). NotIn and
+    DoesNotExist match a missing key; the matching itself is the registry's."""
+    return _label_selector_matches(selector or {}, labels)
     for key, value in (selector.get("matchLabels") or {}).items():
         if labels.get(key) != value:
             return False
