@@ -7,24 +7,15 @@ simulated-pod contract with admission is checked end to end.
 
 from __future__ import annotations
 
-import asyncio
 import copy
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 from aiohttp import web
 
 from kubelab.runtime.register import Registrar, RegisterConfig
-
-PATH = "/api/v1/namespaces/{ns}/pods"
-
-
-async def until(cond: Callable[[], Any], timeout: float = 5.0) -> Any:
-    async with asyncio.timeout(timeout):
-        while not (value := cond()):
-            await asyncio.sleep(0.02)
-    return value
+from tests.helpers import namespace, wait_until
 
 
 def ready_of(pod: dict | None) -> str | None:
@@ -32,6 +23,11 @@ def ready_of(pod: dict | None) -> str | None:
         if c["type"] == "Ready":
             return c["status"]
     return None
+
+
+def failure(code: int) -> web.Response:
+    """A bare metav1.Status error, as far as the sidecar reads it."""
+    return web.json_response({"kind": "Status", "code": code}, status=code)
 
 
 class FakeApi:
@@ -58,7 +54,7 @@ class FakeApi:
     async def _auth(self, request: web.Request, handler: Any) -> web.StreamResponse:
         self.calls.append(request.method)
         if self.token and request.headers.get("Authorization") != f"Bearer {self.token}":
-            return web.json_response({"kind": "Status", "code": 401}, status=401)
+            return failure(401)
         return await handler(request)
 
     def _stamp(self, obj: dict) -> dict:
@@ -70,30 +66,30 @@ class FakeApi:
         obj = await request.json()
         key = (request.match_info["ns"], obj["metadata"]["name"])
         if key in self.pods:
-            return web.json_response({"kind": "Status", "code": 409}, status=409)
+            return failure(409)
         self.pods[key] = self._stamp(obj)
         return web.json_response(obj, status=201)
 
     async def _get(self, request: web.Request) -> web.Response:
         obj = self.pods.get((request.match_info["ns"], request.match_info["name"]))
         if obj is None:
-            return web.json_response({"kind": "Status", "code": 404}, status=404)
+            return failure(404)
         return web.json_response(obj)
 
     async def _put(self, request: web.Request) -> web.Response:
         key = (request.match_info["ns"], request.match_info["name"])
         obj = await request.json()
         if key not in self.pods:
-            return web.json_response({"kind": "Status", "code": 404}, status=404)
+            return failure(404)
         if obj["metadata"].get("resourceVersion") != self.pods[key]["metadata"]["resourceVersion"]:
-            return web.json_response({"kind": "Status", "code": 409}, status=409)
+            return failure(409)
         self.pods[key] = self._stamp(obj)
         return web.json_response(obj)
 
     async def _delete(self, request: web.Request) -> web.Response:
         obj = self.pods.pop((request.match_info["ns"], request.match_info["name"]), None)
         if obj is None:
-            return web.json_response({"kind": "Status", "code": 404}, status=404)
+            return failure(404)
         return web.json_response(obj)
 
 
@@ -144,7 +140,9 @@ async def test_registers_ready_pod_with_its_address_and_deletes_it_on_close(api,
     reg = Registrar(config(api, workload))
     await reg.start()
     try:
-        pod = await until(lambda: ready_of(api.pods.get(("default", "echo-1"))) == "True" and api.pods[("default", "echo-1")])
+        key = ("default", "echo-1")
+        pod = await wait_until(lambda: ready_of(api.pods.get(key)) == "True" and api.pods[key],
+                               what="default/echo-1 registered Ready")
         assert pod["status"]["podIP"] == "127.0.0.1"  # "auto": the address that reaches the server
         assert pod["metadata"]["labels"] == {"app": "echo"}
     finally:
@@ -158,11 +156,11 @@ async def test_ready_condition_follows_the_workload(api, workload):
     await reg.start()
     try:
         key = ("default", "echo-1")
-        await until(lambda: ready_of(api.pods.get(key)) == "True")
+        await wait_until(lambda: ready_of(api.pods.get(key)) == "True", what="the pod Ready")
         workload.healthy = False
-        await until(lambda: ready_of(api.pods.get(key)) == "False")
+        await wait_until(lambda: ready_of(api.pods.get(key)) == "False", what="the pod not Ready")
         workload.healthy = True
-        await until(lambda: ready_of(api.pods.get(key)) == "True")
+        await wait_until(lambda: ready_of(api.pods.get(key)) == "True", what="the pod Ready again")
     finally:
         await reg.close()
 
@@ -172,9 +170,9 @@ async def test_recreates_a_pod_the_registry_lost(api, workload):
     await reg.start()
     try:
         key = ("default", "echo-1")
-        first = await until(lambda: api.pods.get(key))
+        first = await wait_until(lambda: api.pods.get(key), what="the pod registered")
         api.pods.clear()  # the controller restarted with an empty (--ephemeral) registry
-        second = await until(lambda: api.pods.get(key))
+        second = await wait_until(lambda: api.pods.get(key), what="the lost pod registered again")
         assert second is not first and second["status"]["podIP"] == "127.0.0.1"
     finally:
         await reg.close()
@@ -186,11 +184,11 @@ async def test_rereads_the_kubeconfig_token_on_401(api, workload, tmp_path: Path
     reg = Registrar(config(api, workload, token=None, kubeconfig=kubeconfig))
     await reg.start()
     try:
-        await until(lambda: api.pods.get(("default", "echo-1")))
+        await wait_until(lambda: api.pods.get(("default", "echo-1")), what="the pod registered with tok-1")
         api.token = "tok-2"  # the controller restarted and minted a new token
         kubeconfig.write_text("users: [{name: kubelab, user: {token: tok-2}}]\n")
         api.pods.clear()
-        await until(lambda: api.pods.get(("default", "echo-1")))
+        await wait_until(lambda: api.pods.get(("default", "echo-1")), what="the pod registered with tok-2")
     finally:
         await reg.close()
     assert not api.pods
@@ -206,12 +204,12 @@ async def test_keeps_retrying_until_the_registry_answers(workload):
                                    resync=0.2, timeout=0.5, token="tok-1", ip="127.0.0.1"))
     await reg.start()
     try:
-        await until(lambda: reg.api_errors >= 2)  # connection refused, retried
+        await wait_until(lambda: reg.api_errors >= 2, what="two failed API calls")  # connection refused, retried
         assert not reg.registered.is_set()
         host, port = url.removeprefix("http://").split(":")
         await fake.runner.setup()
         await web.TCPSite(fake.runner, host, int(port)).start()
-        await until(lambda: fake.pods.get(("default", "late")), timeout=10)
+        await wait_until(lambda: fake.pods.get(("default", "late")), timeout=10, what="default/late registered")
     finally:
         await reg.close()
         await fake.runner.cleanup()
@@ -220,17 +218,14 @@ async def test_keeps_retrying_until_the_registry_answers(workload):
 async def test_against_the_real_registry_api(workload):
     pytest.importorskip("kubelab.controller.api")
     from kubelab.controller.admission import Admission
-    from kubelab.controller.api import make_app
+    from kubelab.controller.api import make_app, serve
     from kubelab.controller.config import LabConfig
     from kubelab.controller.registry import Registry
     from kubelab.controller.store import MemoryStore
 
     registry = Registry(MemoryStore(), Admission(LabConfig()))
-    await registry.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "default"}}])
-    runner = web.AppRunner(make_app(registry, token="real-token"))
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    await registry.apply([namespace("default")])
+    runner, url = await serve(make_app(registry, token="real-token"))
 
     def stored() -> dict | None:
         return registry.store.snapshot().get("Pod", "default", "echo-9")
@@ -240,11 +235,11 @@ async def test_against_the_real_registry_api(workload):
                                    timeout=1.0, token="real-token"))
     await reg.start()
     try:
-        pod = await until(lambda: ready_of(stored()) == "True" and stored())
+        pod = await wait_until(lambda: ready_of(stored()) == "True" and stored(), what="default/echo-9 stored Ready")
         assert pod["status"]["podIP"] == "127.244.0.9"
         assert pod["metadata"]["annotations"].get("kubelab.dev/simulated") == "true"
         workload.healthy = False  # the status change must reach the stored simulated pod
-        await until(lambda: ready_of(stored()) == "False")
+        await wait_until(lambda: ready_of(stored()) == "False", what="default/echo-9 stored not Ready")
         labels = copy.deepcopy(stored()["metadata"]["labels"])
         assert labels == {"app": "echo"}
     finally:

@@ -19,16 +19,15 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from tests.helpers import KUBELAB, wait_until_sync
+
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
-KUBELAB = str(Path(sys.executable).with_name("kubelab"))
 HOST = "127.0.0.1"
 # The test lab lives in 127.55.0.0/16 (the runtime's test range), so that it never
 # collides with another lab on this machine: README address -> test lab address.
@@ -102,18 +101,16 @@ def wait_ready(api: str, proc: subprocess.Popen, timeout: float = 20) -> None:
     import urllib.error
     import urllib.request
 
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def ready() -> bool:
         if proc.poll() is not None:
             raise AssertionError(f"kubelab up exited with {proc.returncode}")
         try:
             with urllib.request.urlopen(f"{api}/readyz", timeout=1) as r:
-                if r.status == 200:
-                    return
+                return r.status == 200
         except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(0.1)
-    raise AssertionError("kubelab up did not become ready")
+            return False
+
+    wait_until_sync(ready, timeout, "kubelab up to become ready", interval=0.1)
 
 
 @pytest.fixture

@@ -5,12 +5,10 @@ entry point in a subprocess, the running registry (no -f), and the 1,000-pod ben
 from __future__ import annotations
 
 import argparse
-import asyncio
 import io
 import json
 import pathlib
 import subprocess
-import sys
 import time
 from typing import Any
 
@@ -18,46 +16,17 @@ import pytest
 import yaml
 
 from kubelab.controller import netpol_cli
+from tests.helpers import KUBELAB, load_netpol_cases, netpol_topology, run_command
 
-DATA = json.loads((pathlib.Path(__file__).parents[1] / "data" / "netpol-cases.json").read_text())
+DATA = load_netpol_cases()
 CASES = {c["id"]: c for c in DATA["cases"]}
 PEERS = ("ip:192.0.2.10", "ip:192.0.2.200", "ip:198.51.100.20", "ip:172.18.0.2")
-KUBELAB = str(pathlib.Path(sys.executable).with_name("kubelab"))
-
-
-def topology_objects() -> list[dict[str, Any]]:
-    objs: list[dict[str, Any]] = []
-    for ns in DATA["namespaces"]:
-        objs.append({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns["name"], "labels": ns["labels"]}})
-    for node in DATA["nodes"]:
-        objs.append(
-            {
-                "apiVersion": "v1",
-                "kind": "Node",
-                "metadata": {"name": node["name"]},
-                "status": {"addresses": [{"type": "InternalIP", "address": node["ip"]}]},
-            }
-        )
-    for pod in DATA["pods"]:
-        objs.append(
-            {
-                "apiVersion": "v1",
-                "kind": "Pod",
-                "metadata": {"namespace": pod["namespace"], "name": pod["name"], "labels": pod["labels"]},
-                "spec": {
-                    "nodeName": pod["node"],
-                    "containers": [{"name": "c", "image": "kubelab/echo", "ports": pod["ports"]}],
-                },
-                "status": {"phase": "Running", "podIP": pod["ip"]},
-            }
-        )
-    return objs
 
 
 def write_case(tmp: pathlib.Path, case: dict[str, Any]) -> list[str]:
     """The case as a user would keep it: a YAML topology file and a JSON policies file."""
     topo = tmp / "cluster.yaml"
-    topo.write_text(yaml.safe_dump_all(topology_objects(), sort_keys=False))
+    topo.write_text(yaml.safe_dump_all(netpol_topology(DATA), sort_keys=False))
     pols = tmp / "policies.json"
     pols.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": case["policies"]}))
     return [str(topo), str(pols)]
@@ -185,24 +154,19 @@ def test_matrix_with_1000_pods_and_200_policies(tmp_path):
 
 async def test_matrix_from_the_running_registry(tmp_path):
     """Without -f: the policies are refused at apply time, the matrix reads the registry."""
-    from aiohttp import web
-
     from kubelab.controller.admission import Admission
-    from kubelab.controller.api import make_app
+    from kubelab.controller.api import make_app, serve
     from kubelab.controller.client import ApiClient, ApiError
     from kubelab.controller.config import LabConfig
     from kubelab.controller.registry import Registry
     from kubelab.controller.store import MemoryStore
 
     registry = Registry(MemoryStore(), Admission(LabConfig()))
-    runner = web.AppRunner(make_app(registry, token=None))
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    runner, url = await serve(make_app(registry, token=None))
     try:
         case = CASES["egress-denied-client-side-despite-ingress-allow"]
         async with ApiClient(url) as client:
-            await client.apply(topology_objects())
+            await client.apply(netpol_topology(DATA))
             await client.apply(case["policies"])
             for item in DATA["invalid_policies"]:
                 with pytest.raises(ApiError) as info:
@@ -212,12 +176,9 @@ async def test_matrix_from_the_running_registry(tmp_path):
         argv = [KUBELAB, "netpol", "matrix", "--server", url, "--port", "80/TCP"]
         for peer in PEERS:
             argv += ["--peer", peer]
-        proc = await asyncio.create_subprocess_exec(
-            *argv, "-o", "json", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-        )
-        out, err = await asyncio.wait_for(proc.communicate(), 60)
-        assert proc.returncode == 0, err.decode()
-        compare(case, out.decode())
+        code, out, err = await run_command(*argv, "-o", "json", timeout=60)
+        assert code == 0, err
+        compare(case, out)
         # what desired_routes hands the proxy, from a real store snapshot
         from kubelab.controller.netpol import compile_policy_table
 

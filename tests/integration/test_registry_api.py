@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from dataclasses import dataclass
 from types import SimpleNamespace
 
 import aiohttp
@@ -14,47 +13,14 @@ from kubelab.controller.api import READY_CHECK, ListenError, check_listen, make_
 from kubelab.controller.client import ApiClient, ApiError
 from kubelab.controller.registry import Registry
 from kubelab.controller.store import MemoryStore
+from tests.helpers import PassThrough, PortCheck, namespace, service
 
 TABLE = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json"
 
 
-class PassThrough:
-    def admit(self, op, new, old, snap):
-        return new
-
-
-@dataclass(frozen=True)
-class Cause:
-    field: str
-    type: str
-    value: object
-    detail: str
-
-    def message(self):
-        return f"{self.field}: Invalid value: {self.value}: {self.detail}"
-
-
-class Invalid(Exception):
-    def __init__(self, kind, name, causes):
-        self.kind, self.name, self.causes = kind, name, causes
-        super().__init__(f'{kind} "{name}" is invalid: ' + causes[0].message())
-
-
-class PortCheck(PassThrough):
-    def admit(self, op, new, old, snap):
-        if new and new["kind"] == "Service":
-            for i, p in enumerate(new.get("spec", {}).get("ports", [])):
-                if not 1 <= p["port"] <= 65535:
-                    raise Invalid("Service", new["metadata"]["name"], [
-                        Cause(f"spec.ports[{i}].port", "FieldValueInvalid", p["port"], "must be between 1 and 65535, inclusive")])
-        return new
-
-
 def svc(name, port=80, ns=None):
-    meta = {"name": name, "labels": {"app": name}}
-    if ns:
-        meta["namespace"] = ns
-    return {"apiVersion": "v1", "kind": "Service", "metadata": meta, "spec": {"ports": [{"port": port}]}}
+    """A Service labelled app=<name>; without ``ns`` the server picks the namespace."""
+    return service(name, ns, ports=[port], labels={"app": name})
 
 
 @pytest.fixture
@@ -138,8 +104,7 @@ async def test_invalid_is_422_with_causes_and_stores_nothing(api):
 
 
 async def test_batch_apply_and_client_helpers(api):
-    res = await api.client.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "lab"}},
-                                  svc("a", ns="lab"), svc("b", ns="lab")])
+    res = await api.client.apply([namespace("lab"), svc("a", ns="lab"), svc("b", ns="lab")])
     assert [a for a, _ in res] == ["created"] * 3
     res = await api.client.apply([svc("a", 90, ns="lab"), svc("b", ns="lab")], brief=True)
     assert [a for a, _ in res] == ["configured", "unchanged"]
@@ -193,7 +158,7 @@ async def test_watch_in_order_resume_and_gone(api):
         a = await api.client.create(svc("a"))
         await api.client.patch("Service", "a", {"metadata": {"labels": {"v": "2"}}})
         await api.client.create(svc("b"))
-        await api.client.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "other"}})
+        await api.client.create(namespace("other"))
         await api.client.create(svc("elsewhere", ns="other"))  # filtered out by the namespaced URL
         await api.client.delete("Service", "a")
         events = await read_events(resp, 4)

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import sys
-from dataclasses import dataclass
 from types import SimpleNamespace
 
 import pytest
@@ -14,33 +12,7 @@ import pytest
 from kubelab.controller.api import make_app, serve
 from kubelab.controller.registry import Registry
 from kubelab.controller.store import MemoryStore
-
-
-@dataclass(frozen=True)
-class Cause:
-    field: str
-    type: str
-    value: object
-    detail: str
-
-    def message(self):
-        return f"{self.field}: Invalid value: {self.value}: {self.detail}"
-
-
-class Invalid(Exception):
-    def __init__(self, kind, name, causes):
-        self.kind, self.name, self.causes = kind, name, causes
-        super().__init__(f'{kind} "{name}" is invalid: ' + causes[0].message())
-
-
-class PortCheck:
-    def admit(self, op, new, old, snap):
-        if new and new["kind"] == "Service":
-            for i, p in enumerate(new.get("spec", {}).get("ports", [])):
-                if not 1 <= p["port"] <= 65535:
-                    raise Invalid("Service", new["metadata"]["name"], [
-                        Cause(f"spec.ports[{i}].port", "FieldValueInvalid", p["port"], "must be between 1 and 65535, inclusive")])
-        return new
+from tests.helpers import PortCheck, run_command, service
 
 
 @pytest.fixture
@@ -51,11 +23,8 @@ async def lab(tmp_path):
     env = {**os.environ, "KUBELAB_SERVER": url}
 
     async def kubelab(*args, stdin: bytes | None = None):
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "kubelab.controller.cli", *args, env=env,
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-        out, err = await asyncio.wait_for(proc.communicate(stdin), 60)
-        return proc.returncode, out.decode(), err.decode()
+        return await run_command(sys.executable, "-m", "kubelab.controller.cli", *args,
+                                 env=env, stdin=stdin, timeout=60)
 
     yield SimpleNamespace(reg=reg, store=store, run=kubelab, tmp=tmp_path, url=url)
     await runner.cleanup()
@@ -126,11 +95,10 @@ async def test_apply_get_describe_delete(lab):
 async def test_json_and_stdin_are_accepted(lab):
     f = lab.tmp / "svc.json"
     f.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": [
-        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "a"}, "spec": {"ports": [{"port": 80}]}},
-        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "b"}, "spec": {"ports": [{"port": 81}]}}]}))
+        service("a", None, ports=[80]), service("b", None, ports=[81])]}))
     rc, out, err = await lab.run("apply", "-f", str(f))
     assert out.splitlines() == ["service/a created", "service/b created"], err
-    doc = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "a"}, "spec": {"ports": [{"port": 90}]}}
+    doc = service("a", None, ports=[90])
     rc, out, err = await lab.run("apply", "-f", "-", stdin=json.dumps(doc).encode())
     assert out.strip() == "service/a configured", err
     rc, out, err = await lab.run("get", "svc", "a", "-o", "name")

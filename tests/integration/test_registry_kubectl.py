@@ -14,14 +14,10 @@ from kubelab.controller.api import _WATCHERS, make_app, serve
 from kubelab.controller.kubeconfig import write_kubeconfig
 from kubelab.controller.registry import Registry
 from kubelab.controller.store import MemoryStore
+from tests.helpers import PassThrough, pod, run_command, service, wait_until
 
 KUBECTL = shutil.which("kubectl")
 pytestmark = pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed")
-
-
-class PassThrough:
-    def admit(self, op, new, old, snap):
-        return new
 
 
 @pytest.fixture
@@ -34,28 +30,21 @@ async def lab(tmp_path):
     env = {**os.environ, "KUBECACHEDIR": str(tmp_path / "cache"), "HOME": str(tmp_path)}
 
     async def kubectl(*args, stdin: bytes | None = None):
-        proc = await asyncio.create_subprocess_exec(
-            KUBECTL, "--kubeconfig", str(kubeconfig), *args, env=env,
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-        out, err = await asyncio.wait_for(proc.communicate(stdin), 60)
-        return proc.returncode, out.decode(), err.decode()
+        return await run_command(KUBECTL, "--kubeconfig", str(kubeconfig), *args, env=env, stdin=stdin, timeout=60)
 
-    yield SimpleNamespace(reg=reg, kubectl=kubectl, tmp=tmp_path, app=app)
+    yield SimpleNamespace(reg=reg, kubectl=kubectl, tmp=tmp_path, app=app, env=env, kubeconfig=kubeconfig)
     await runner.cleanup()
     await store.close()
 
 
-def pod(name, ip):
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": {"app": "web"}},
-            "spec": {"containers": [{"name": "c", "image": "kubelab/echo"}]},
-            "status": {"phase": "Running", "podIP": ip, "conditions": [{"type": "Ready", "status": "True"}]}}
+def web_pod(name, ip):
+    return pod(name, labels={"app": "web"}, ip=ip, ready=True)
 
 
 async def test_get_pods_json_table_and_services(lab):
-    await lab.reg.apply([pod("web-1", "127.244.0.1"), pod("web-2", "127.244.0.2"),
-                         {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
-                          "spec": {"type": "ClusterIP", "clusterIP": "127.96.0.10", "selector": {"app": "web"},
-                                   "ports": [{"port": 80, "protocol": "TCP"}]}}])
+    await lab.reg.apply([web_pod("web-1", "127.244.0.1"), web_pod("web-2", "127.244.0.2"),
+                         service("web", selector={"app": "web"}, ports=[{"port": 80, "protocol": "TCP"}],
+                                 type="ClusterIP", cluster_ip="127.96.0.10")])
     rc, out, err = await lab.kubectl("get", "pods", "-o", "json")
     assert rc == 0, err
     doc = json.loads(out)
@@ -113,10 +102,9 @@ spec:
     assert lab.reg.store.snapshot().get("Deployment", "default", "web") is None
 
 
-async def test_get_watch_prints_table_rows(lab, tmp_path):
-    env = {**os.environ, "KUBECACHEDIR": str(tmp_path / "cache"), "HOME": str(tmp_path)}
+async def test_get_watch_prints_table_rows(lab):
     proc = await asyncio.create_subprocess_exec(
-        KUBECTL, "--kubeconfig", str(tmp_path / "kubeconfig"), "get", "pods", "-w", env=env,
+        KUBECTL, "--kubeconfig", str(lab.kubeconfig), "get", "pods", "-w", env=lab.env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     try:
         async with asyncio.timeout(30):
@@ -124,7 +112,7 @@ async def test_get_watch_prints_table_rows(lab, tmp_path):
             seen = b""
             i = 0
             while b"web-" not in seen:
-                await lab.reg.apply([pod(f"web-{i}", f"127.244.0.{i + 1}")])
+                await lab.reg.apply([web_pod(f"web-{i}", f"127.244.0.{i + 1}")])
                 i += 1
                 try:
                     seen += await asyncio.wait_for(proc.stdout.readline(), 0.5)
@@ -140,7 +128,7 @@ async def test_get_watch_prints_table_rows(lab, tmp_path):
 
 
 async def test_delete_waits_for_graceful_deletion(lab):
-    await lab.reg.apply([pod("slow", "127.244.0.9")])
+    await lab.reg.apply([web_pod("slow", "127.244.0.9")])
 
     def mark(obj):  # what the pod runtime does: mark terminating, delete later
         if obj["metadata"].get("deletionTimestamp"):
@@ -151,11 +139,12 @@ async def test_delete_waits_for_graceful_deletion(lab):
 
     async def finish_later():
         snap = lab.reg.store.snapshot
-        async with asyncio.timeout(30):
-            while not (snap().get("Pod", "default", "slow") or {}).get("metadata", {}).get("deletionTimestamp"):
-                await asyncio.sleep(0.01)
-            while not lab.app[_WATCHERS]:  # until kubectl waits on its watch
-                await asyncio.sleep(0.01)
+
+        def terminating():
+            return (snap().get("Pod", "default", "slow") or {}).get("metadata", {}).get("deletionTimestamp")
+
+        await wait_until(terminating, 30, "the pod to be marked terminating")
+        await wait_until(lambda: lab.app[_WATCHERS], 30, "kubectl to wait on its watch")
         await lab.reg.delete("Pod", "default", "slow", force=True)
 
     finisher = asyncio.ensure_future(finish_later())

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import json
-import pathlib
 from typing import Any
 
 import pytest
@@ -19,40 +18,15 @@ import pytest
 from kubelab.controller.netpol import Cluster, build_policy_table, evaluate, validate_network_policy
 from kubelab.controller.netpol_cli import endpoints, write_tables
 from kubelab.proxy.policy import PolicyTable
+from tests.helpers import load_netpol_cases, netpol_topology
 
-DATA = json.loads((pathlib.Path(__file__).parents[1] / "data" / "netpol-cases.json").read_text())
+DATA = load_netpol_cases()
 CASES = {c["id"]: c for c in DATA["cases"]}
 
 
 def case_objects(case: dict[str, Any]) -> list[dict[str, Any]]:
-    """The case's topology as the Kubernetes objects a user would apply."""
-    objs: list[dict[str, Any]] = []
-    for ns in DATA["namespaces"]:
-        objs.append({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns["name"], "labels": ns["labels"]}})
-    for node in DATA["nodes"]:
-        objs.append(
-            {
-                "apiVersion": "v1",
-                "kind": "Node",
-                "metadata": {"name": node["name"]},
-                "status": {"addresses": [{"type": "InternalIP", "address": node["ip"]}]},
-            }
-        )
-    for pod in DATA["pods"]:
-        objs.append(
-            {
-                "apiVersion": "v1",
-                "kind": "Pod",
-                "metadata": {"namespace": pod["namespace"], "name": pod["name"], "labels": pod["labels"]},
-                "spec": {
-                    "nodeName": pod["node"],
-                    "containers": [{"name": "c", "image": "kubelab/echo", "ports": pod["ports"]}],
-                },
-                "status": {"phase": "Running", "podIP": pod["ip"]},
-            }
-        )
-    objs.extend(case["policies"])
-    return objs
+    """The case's topology and policies as the Kubernetes objects a user would apply."""
+    return [*netpol_topology(DATA), *case["policies"]]
 
 
 def cluster_for(case: dict[str, Any]) -> Cluster:
