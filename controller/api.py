@@ -40,9 +40,13 @@ from kubelab.controller.store import AlreadyExists, Conflict, Event, Gone, NotFo
 log = logging.getLogger(__name__)
 
 ReadyCheck = Callable[[], "tuple[bool, str] | Awaitable[tuple[bool, str]]"]  # sync or async
+# (namespace, pod, container or None, *, previous, tail_lines) -> bytes, or None when there
+# is no log; the Lab passes the pod runtime's reader (the API never imports the runtime)
+LogReader = Callable[..., "bytes | None"]
 READY_CHECK: web.AppKey[ReadyCheck] = web.AppKey("kubelab_ready_check")
 REGISTRY: web.AppKey[Registry] = web.AppKey("kubelab_registry")
 TOKEN: web.AppKey[str | None] = web.AppKey("kubelab_token")
+LOG_READER: web.AppKey[LogReader | None] = web.AppKey("kubelab_log_reader")
 _WATCHERS: web.AppKey[set] = web.AppKey("kubelab_watchers")
 _ENCODED: web.AppKey[OrderedDict] = web.AppKey("kubelab_encoded")
 
@@ -658,6 +662,65 @@ def _brief(obj: dict) -> dict:
             "metadata": {k: meta[k] for k in ("name", "namespace", "uid", "resourceVersion") if k in meta}}
 
 
+def _int_param(request: web.Request, name: str) -> int | None:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise _bad_request(f"{name}: invalid value {raw!r}: must be an integer") from None
+    if value < 0:
+        raise _bad_request(f"{name}: invalid value {value}: must be greater than or equal to 0")
+    return value
+
+
+def _bad_request(message: str) -> web.HTTPException:
+    body = json.dumps(status_body(400, "BadRequest", message))
+    return web.HTTPBadRequest(text=body, content_type=JSON)
+
+
+async def _pod_log(request: web.Request) -> web.StreamResponse:
+    """``GET /api/v1/namespaces/{ns}/pods/{name}/log``: ``kubectl logs``.
+
+    ``container``, ``tailLines``, ``previous`` and ``limitBytes`` as in Kubernetes; the
+    text is the runtime's log file as it is now (``follow`` returns it too and ends: the
+    lab does not stream logs). Errors are the kubelet's messages, as kubectl prints them.
+    """
+    ns, name = request.match_info["namespace"], request.match_info["name"]
+    pod = _registry(request).store.snapshot().get("Pod", ns, name)
+    if pod is None:
+        return status_response(404, "NotFound", f'pods "{name}" not found', {"name": name, "kind": "pods"})
+    containers = [str(c.get("name")) for c in (pod.get("spec") or {}).get("containers") or []]
+    container = request.query.get("container") or None
+    if container is None:
+        if len(containers) != 1:
+            return status_response(400, "BadRequest", f"a container name must be specified for pod {name}, "
+                                   f"choose one of: [{' '.join(containers)}]")
+        container = containers[0]
+    elif container not in containers:
+        return status_response(400, "BadRequest", f"container {container} is not valid for pod {name}")
+    tail = _int_param(request, "tailLines")
+    limit = _int_param(request, "limitBytes")
+    previous = _truthy(request.query.get("previous"))
+    reader = request.app.get(LOG_READER)
+    data = None
+    if reader is not None:
+        data = await asyncio.to_thread(reader, ns, name, container, previous=previous, tail_lines=tail)
+    if data is None:
+        if previous:
+            msg = f'previous terminated container "{container}" in pod "{name}" not found'
+        else:
+            state = next((cs.get("state") or {} for cs in (pod.get("status") or {}).get("containerStatuses") or []
+                          if cs.get("name") == container), {})
+            reason = (state.get("waiting") or {}).get("reason") or "ContainerCreating"
+            msg = f'container "{container}" in pod "{name}" is waiting to start: {reason}'
+        return status_response(400, "BadRequest", msg)
+    if limit is not None:
+        data = data[:limit]
+    return web.Response(body=data, content_type="text/plain", charset="utf-8")
+
+
 async def _version(request: web.Request) -> web.Response:
     return _json(discovery.SERVER_VERSION)
 
@@ -725,6 +788,7 @@ def make_app(registry: Registry, *, token: str | None = None, client_max_size: i
     app[REGISTRY] = registry
     app[TOKEN] = token
     app[READY_CHECK] = lambda: (True, "ok")
+    app[LOG_READER] = None
     app[_WATCHERS] = set()
     app[_ENCODED] = OrderedDict()
     r = app.router
@@ -741,6 +805,7 @@ def make_app(registry: Registry, *, token: str | None = None, client_max_size: i
     r.add_get("/openapi/v3", _openapi_root)
     r.add_get("/openapi/v3/{tail:.*}", _openapi_gv)
     r.add_post("/kubelab/v1/apply", _apply)
+    r.add_get("/api/v1/namespaces/{namespace}/pods/{name}/log", _pod_log)
     r.add_route("*", "/api/{version}/{tail:.+}", _resource)
     r.add_route("*", "/apis/{group}/{version}/{tail:.+}", _resource)
     app.on_startup.append(_on_startup)

@@ -70,6 +70,27 @@ def _label_selector(sel: dict | None) -> str:
     return ",".join(parts) or "<none>"
 
 
+def pod_status_reason(status: dict) -> str:
+    """kubectl's STATUS column (printPod): the phase, or the pod's reason, or the last
+    container's waiting/terminated reason; a pod that ran to completion is ``Completed``
+    (its phase is Succeeded, its containers' reason Completed)."""
+    phase = status.get("phase") or "Unknown"
+    reason = status.get("reason") or ("Completed" if phase == "Succeeded" else phase)
+    for c in status.get("containerStatuses") or []:
+        state = c.get("state") or {}
+        waiting, terminated = state.get("waiting") or {}, state.get("terminated") or {}
+        if waiting.get("reason"):
+            reason = waiting["reason"]
+        elif terminated.get("reason"):
+            reason = terminated["reason"]
+        elif terminated:
+            reason = f"Signal:{terminated['signal']}" if terminated.get("signal") \
+                else f"ExitCode:{terminated.get('exitCode', 0)}"
+    if phase == "Succeeded" and reason in ("Succeeded", "ExitCode:0"):
+        reason = "Completed"
+    return reason
+
+
 def _pod(o: dict, now: Any) -> list:
     spec, status = o.get("spec") or {}, o.get("status") or {}
     containers = spec.get("containers") or []
@@ -79,11 +100,7 @@ def _pod(o: dict, now: Any) -> list:
     else:
         cond = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), None)
         ready = len(containers) if cond and cond.get("status") == "True" else 0
-    reason = status.get("reason") or status.get("phase") or "Unknown"
-    for c in statuses:
-        waiting = (c.get("state") or {}).get("waiting") or {}
-        if waiting.get("reason"):
-            reason = waiting["reason"]
+    reason = pod_status_reason(status)
     if (o.get("metadata") or {}).get("deletionTimestamp"):
         reason = "Terminating"
     restarts = sum(int(c.get("restartCount") or 0) for c in statuses)

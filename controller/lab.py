@@ -4,6 +4,22 @@
 registry, API, data planes, controllers, runtime, then the manifests given with
 ``-f``), close in reverse (stop accepting, drain, cancel). ``kubelab up`` and the
 all-in-one tests use the same object, so what the tests check is what users run.
+
+netns mode (``config.mode == "netns"``) adds, in this order: the node side of the pod
+network (bridge, service CIDR and LB pool routed as local) BEFORE the DNS server and
+the proxy start, so that the DNS server can bind the DNS service IP and the proxy the
+VIPs; NetworkPolicy enforcement in each pod's namespace (``runtime.netpol_enforce``,
+fed the route table like the proxy, and called by the runtime before a pod's first
+process starts); and an API listener on the bridge address, for the ``kubernetes``
+Service.
+
+Every lab has the two Services every cluster has: ``default/kubernetes`` (the first
+address of the service CIDR, port 443 -> the API; plain HTTP, see README "deliberate
+differences") with its selectorless EndpointSlice, and, when there is a DNS service IP
+(netns mode, or ``--dns-service-ip``), ``kube-system/kube-dns``. In netns mode the DNS
+server itself listens on the kube-dns ClusterIP (as NodeLocal DNSCache does on a node),
+so that frontend is left out of the proxy's table; when the DNS server listens
+elsewhere, an EndpointSlice sends the ClusterIP to it through the proxy.
 """
 
 from __future__ import annotations
@@ -50,6 +66,110 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+MANAGED_BY_LABEL = "endpointslice.kubernetes.io/managed-by"
+LAB_MANAGED_BY = "lab.kubelab.dev"  # not the EndpointSlice controller's: it leaves the slice alone
+
+
+def node_addresses(config: LabConfig) -> list[dict[str, str]]:
+    """InternalIP(s) + Hostname. netns mode adds the bridge address when it differs from
+    the node IP: traffic from the node side reaches pods from there, and NetworkPolicy
+    exempts the node's own addresses (as Kubernetes network plugins do for the kubelet)."""
+    addrs = [{"type": "InternalIP", "address": config.node_ip}]
+    bridge = config.bridge_ip
+    if bridge and bridge != config.node_ip:
+        addrs.append({"type": "InternalIP", "address": bridge})
+    addrs.append({"type": "Hostname", "address": config.node_name})
+    return addrs
+
+
+def first_service_ip(config: LabConfig) -> str:
+    """The ``kubernetes`` Service's ClusterIP: the first address of the (primary) service CIDR."""
+    return str(config.service_cidrs[0].network_address + 1)
+
+
+def api_endpoint(config: LabConfig, bound: tuple[str, int]) -> tuple[str, int]:
+    """Where the ``kubernetes`` Service sends traffic: the API's bound address, or the
+    node's when it listens on all addresses; in netns mode the bridge address (the API
+    also listens there, see ``Lab._start_node_api``)."""
+    host, port = bound
+    if config.bridge_ip:
+        return config.bridge_ip, port
+    if host in ("0.0.0.0", "::", ""):
+        return config.node_ip, port
+    if host == "localhost":
+        return "127.0.0.1", port
+    return host, port
+
+
+def kubernetes_service_objects(config: LabConfig, endpoint: tuple[str, int]) -> list[dict[str, Any]]:
+    """``default/kubernetes`` and its EndpointSlice, as kube-apiserver's reconciler writes them."""
+    ip, port = endpoint
+    svc = {
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "kubernetes", "namespace": "default",
+                     "labels": {"component": "apiserver", "provider": "kubernetes"}},
+        "spec": {"type": "ClusterIP", "clusterIP": first_service_ip(config),
+                 "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": port}]},
+    }
+    es = {
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "kubernetes", "namespace": "default",
+                     "labels": {SERVICE_NAME_LABEL: "kubernetes", MANAGED_BY_LABEL: LAB_MANAGED_BY}},
+        "addressType": "IPv6" if ":" in ip else "IPv4",
+        "endpoints": [{"addresses": [ip], "conditions": {"ready": True, "serving": True, "terminating": False}}],
+        "ports": [{"name": "https", "port": port, "protocol": "TCP"}],
+    }
+    return [svc, es]
+
+
+def kube_dns_objects(config: LabConfig, dns_bound: tuple[str, int] | None) -> list[dict[str, Any]]:
+    """``kube-system/kube-dns`` on the DNS service IP (selectorless: no pod serves it).
+
+    When the DNS server listens on that IP's port 53 itself, the Service only reserves the
+    address (the proxy leaves it alone); otherwise an EndpointSlice sends it to the DNS
+    server's address through the proxy."""
+    assert config.dns_service_ip is not None
+    target = dns_bound[1] if dns_bound else 53
+    svc = {
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "kube-dns", "namespace": "kube-system",
+                     "labels": {"k8s-app": "kube-dns", "kubernetes.io/name": "CoreDNS"}},
+        "spec": {"type": "ClusterIP", "clusterIP": config.dns_service_ip,
+                 "ports": [{"name": "dns", "port": 53, "protocol": "UDP", "targetPort": target},
+                           {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": target}]},
+    }
+    if dns_bound is None or dns_served_on_vip(config, dns_bound):
+        return [svc]
+    host = dns_bound[0]
+    if host in ("0.0.0.0", "::", ""):
+        host = config.node_ip
+    es = {
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "kube-dns", "namespace": "kube-system",
+                     "labels": {SERVICE_NAME_LABEL: "kube-dns", MANAGED_BY_LABEL: LAB_MANAGED_BY}},
+        "addressType": "IPv6" if ":" in host else "IPv4",
+        "endpoints": [{"addresses": [host], "conditions": {"ready": True, "serving": True, "terminating": False}}],
+        "ports": [{"name": "dns", "port": dns_bound[1], "protocol": "UDP"},
+                  {"name": "dns-tcp", "port": dns_bound[1], "protocol": "TCP"}],
+    }
+    return [svc, es]
+
+
+def dns_served_on_vip(config: LabConfig, dns_bound: tuple[str, int] | None) -> bool:
+    return dns_bound is not None and config.dns_service_ip is not None and \
+        dns_bound == (config.dns_service_ip, 53)
+
+
+def without_frontends(table: Any, skip: frozenset[tuple[str, int]]) -> Any:
+    """``table`` minus the frontends on (ip, port) in ``skip`` (the DNS server's own VIP)."""
+    if not skip or not any((f.ip, f.port) in skip for f in table.routes):
+        return table
+    import dataclasses
+
+    return dataclasses.replace(table, routes={f: r for f, r in table.routes.items() if (f.ip, f.port) not in skip})
+
+
 def node_object(config: LabConfig) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
@@ -59,10 +179,7 @@ def node_object(config: LabConfig) -> dict[str, Any]:
             "labels": {"kubernetes.io/hostname": config.node_name, "kubernetes.io/os": "linux"},
         },
         "status": {
-            "addresses": [
-                {"type": "InternalIP", "address": config.node_ip},
-                {"type": "Hostname", "address": config.node_name},
-            ],
+            "addresses": node_addresses(config),
             "conditions": [{"type": "Ready", "status": "True"}],
         },
     }
@@ -76,6 +193,9 @@ class Lab:
     dns_admin_addr: tuple[str, int] | None = ("127.0.0.1", 0)
     proxy_admin_addr: tuple[str, int] | None = ("127.0.0.1", 0)
     kubeconfig_path: Path | None = None
+    # gc.freeze() after zone changes is process-wide: ``kubelab up`` turns it on, a test
+    # process that starts many labs does not (frozen garbage cycles would never be freed)
+    gc_freeze: bool = False
     listening: Listening | None = None
     _closers: list[Any] = field(default_factory=list)
     _ready_parts: dict[str, Any] = field(default_factory=dict)
@@ -84,7 +204,12 @@ class Lab:
     proxy: Any = None
     manager: Any = None
     runtime: Any = None
+    enforcer: Any = None
     token: str | None = None
+    node_api_token: str | None = None  # the bridge listener's token (netns; None: same as token)
+    _api_app: Any = None
+    _api_bound: tuple[str, int] | None = None
+    _ready_event: asyncio.Event | None = None
 
     # -- start ---------------------------------------------------------------------------
 
@@ -97,6 +222,7 @@ class Lab:
 
     async def _start(self) -> Listening:
         cfg = self.config
+        self._ready_event = asyncio.Event()
         store = self._open_store()
         self._closers.append(store.close)
 
@@ -105,17 +231,30 @@ class Lab:
 
         self.registry = Registry(store, Admission(cfg))
         await self._ensure_cluster_objects()
+        # not ready before the -f manifests are in: a client that waits for /readyz finds them
+        self._ready_parts["start"] = lambda: self.listening is not None
 
         api_url = await self._start_api()
+        if cfg.mode == "netns":
+            await self._prepare_node()
+            await self._start_node_api()
         sinks: list[Any] = []
         dns_addr = dns_admin = proxy_admin = None
         if "dns" not in cfg.disabled:
             dns_addr, dns_admin = await self._start_dns()
-            sinks.append(self._in_process_sink("dns", self.dns.set_zone))
+            sinks.append(self._in_process_sink("dns", self.dns.set_zone, "zone"))
         if "proxy" not in cfg.disabled:
             proxy_admin = await self._start_proxy()
-            sinks.append(self._in_process_sink("proxy", self.proxy.apply))
-        sinks.extend(self._http_sinks())
+            skip = frozenset({dns_addr}) if dns_served_on_vip(cfg, dns_addr) else frozenset()
+            apply = self.proxy.apply
+            sinks.append(self._in_process_sink("proxy", lambda t: apply(without_frontends(t, skip)), "routes"))
+        sinks.extend(_Notifying(s, s.what, self._readiness_hook) for s in self._http_sinks())
+        if cfg.mode == "netns" and "runtime" not in cfg.disabled:
+            sinks.append(self._start_enforcer())
+        # Every sink checks readiness after it applied a state (on the next loop turn: the
+        # manager sets ``ready`` right after its last push); this one runs on every publish
+        # even when no data plane is in process.
+        sinks.append(self._in_process_sink("readiness", lambda _t: None, "routes"))
 
         from kubelab.controller.manager import ControllerManager
 
@@ -124,19 +263,68 @@ class Lab:
         self._closers.append(self.manager.close)
         self._ready_parts["controllers"] = lambda: self.manager.ready
 
-        if "runtime" not in cfg.disabled:
-            from kubelab.runtime.manager import PodRuntime
+        await self._ensure_builtin_services(dns_addr)
 
-            self.runtime = PodRuntime(self.registry, cfg)
-            await self.runtime.start()
-            self._closers.append(self.runtime.close)
+        if "runtime" not in cfg.disabled:
+            runtime = self._make_runtime()
+            await runtime.start()
+            if cfg.mode != "netns":
+                self._closers.append(runtime.close)
 
         if cfg.manifests:
             await self._apply_manifests(cfg.manifests)
 
         kubeconfig = self._write_kubeconfig(api_url)
         self.listening = Listening(api_url, dns_addr, dns_admin, proxy_admin, kubeconfig)
+        self._check_ready()
         return self.listening
+
+    def _make_runtime(self) -> Any:
+        if self.runtime is None:
+            from kubelab.runtime.manager import PodRuntime
+
+            hook = self.enforcer.pod_network_ready if self.enforcer is not None else None
+            self.runtime = PodRuntime(self.registry, self.config, on_pod_network=hook)
+        return self.runtime
+
+    async def _prepare_node(self) -> None:
+        """netns: the bridge and the local routes for the service CIDR and LB pool, before
+        anything binds an address in them. The runtime is closed after the DNS server and
+        the proxy (closers run in reverse), so the routes outlive every socket on them."""
+        runtime = self._make_runtime()
+        self._closers.append(runtime.close)
+        try:
+            await runtime.prepare()
+        except Exception as exc:  # NetnsError: the failing ip command and its stderr
+            raise LabError(f"cannot build the pod network: {exc}") from None
+
+    def _start_enforcer(self) -> Any:
+        from kubelab.runtime.netpol_enforce import NetnsPolicyEnforcer
+
+        cfg = self.config
+        proxied = tuple(str(c) for c in (*cfg.service_cidrs, cfg.lb_pool) if c.version == 4)
+        runtime = self._make_runtime()
+        self.enforcer = NetnsPolicyEnforcer(runtime.netns_of_ip, proxied)
+        runtime.on_pod_network = self.enforcer.pod_network_ready
+        self._closers.append(self.enforcer.close)
+        enforcer = self.enforcer
+
+        async def apply(table: Any) -> None:
+            from kubelab.controller.sinks import SinkError
+
+            try:
+                await enforcer.apply(table)
+            except Exception as exc:  # an nft failure: retried with the then-current table
+                raise SinkError(f"netpol: {exc}") from exc
+
+        return self._in_process_sink("netpol", apply, "routes")
+
+    def _readiness_hook(self) -> None:
+        asyncio.get_running_loop().call_soon(self._check_ready)
+
+    def _check_ready(self) -> None:
+        if self._ready_event is not None and self.readiness()[0]:
+            self._ready_event.set()
 
     def _open_store(self) -> Any:
         if self.config.state_dir is None:
@@ -161,21 +349,70 @@ class Lab:
         missing = [o for o in wanted if snap.get(o["kind"], "", o["metadata"]["name"]) is None]
         if missing:
             await self.registry.apply(missing)
+        node = snap.get("Node", "", self.config.node_name)
+        if node is not None and (node.get("status") or {}).get("addresses") != node_addresses(self.config):
+            # the lab restarted with another node IP or mode: what policy exempts must follow
+            status = {**(node.get("status") or {}), "addresses": node_addresses(self.config)}
+            await self.registry.update_status({**node, "status": status})
+
+    async def _ensure_builtin_services(self, dns_bound: tuple[str, int] | None) -> None:
+        """``default/kubernetes`` (+ slice) and, with a DNS service IP, ``kube-system/kube-dns``.
+
+        Applied on every start (create or update, "unchanged" when equal): the API port
+        may differ from the last run. A clash (the address is taken by a user's Service in
+        an old state dir) is logged, not fatal: the lab works without them."""
+        assert self._api_bound is not None
+        objs = kubernetes_service_objects(self.config, api_endpoint(self.config, self._api_bound))
+        if self.config.dns_service_ip:
+            objs += kube_dns_objects(self.config, dns_bound)
+        try:
+            await self.registry.apply(objs)
+        except Exception as exc:
+            log.warning("cannot create the built-in Services: %s", getattr(exc, "message", None) or exc)
 
     async def _start_api(self) -> str:
-        from kubelab.controller.api import READY_CHECK, make_app
+        from kubelab.controller.api import LOG_READER, READY_CHECK, make_app
 
         host, port = self.config.api_addr
         self.token = None if is_loopback(host) else secrets.token_urlsafe(24)
         app = make_app(self.registry, token=self.token)
         app[READY_CHECK] = self.readiness
+        app[LOG_READER] = self._read_log
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
         await runner.setup()
         self._closers.append(runner.cleanup)
         site = web.TCPSite(runner, host, port)
         await _bind(site.start(), f"registry API on {host}:{port}")
         bound = runner.addresses[0]
+        self._api_bound = (bound[0], bound[1])
         return f"http://{_fmt_host(bound[0])}:{bound[1]}"
+
+    async def _start_node_api(self) -> None:
+        """netns: the API also on the bridge address (same port), the ``kubernetes``
+        Service's endpoint. Pods are not the lab's user: this listener requires a bearer
+        token (the API's own when it has one, else a fresh one nobody is given), so from a
+        pod only the public paths answer (/version, /healthz, /readyz), as they do for an
+        unauthenticated client of a real cluster."""
+        from kubelab.controller.api import READY_CHECK, make_app
+
+        assert self._api_bound is not None and self.config.bridge_ip is not None
+        host, port = self.config.bridge_ip, self._api_bound[1]
+        if self._api_bound[0] in ("0.0.0.0", "::", host):
+            return  # the API listens there already
+        self.node_api_token = self.token or secrets.token_urlsafe(24)
+        app = make_app(self.registry, token=self.node_api_token)
+        app[READY_CHECK] = self.readiness
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
+        await runner.setup()
+        self._closers.append(runner.cleanup)
+        await _bind(web.TCPSite(runner, host, port).start(), f"registry API on {host}:{port}")
+
+    def _read_log(self, namespace: str, name: str, container: str | None, *, previous: bool = False,
+                  tail_lines: int | None = None) -> bytes | None:
+        """For the API's ``pods/{name}/log``: the runtime's log files (None: no runtime / no log)."""
+        if self.runtime is None:
+            return None
+        return self.runtime.read_log(namespace, name, container, previous=previous, tail_lines=tail_lines)
 
     async def _start_dns(self) -> tuple[tuple[str, int], str | None]:
         from kubelab.dns.config import DnsConfig
@@ -194,6 +431,9 @@ class Lab:
                 pod_cidr=str(cfg.pod_cidr),
                 service_cidrs=tuple(str(c) for c in cfg.service_cidrs),
                 admin=self.dns_admin_addr,
+                dns_service_ip=cfg.dns_service_ip,
+                # the zone is long-lived and acyclic: keep it out of the cyclic GC's passes
+                gc_freeze=self.gc_freeze,
             )
         )
         await _bind(self.dns.start(), f"DNS on {host}:{port}")
@@ -206,18 +446,23 @@ class Lab:
         from kubelab.proxy.service import ServiceProxy
 
         cfg = self.config
+        node_ips = tuple(a["address"] for a in node_addresses(cfg) if a["type"] == "InternalIP")
+        extra: dict[str, Any] = {}
+        if cfg.mode == "netns":  # the service CIDRs and the LB pool as local routes (see proxy.vip)
+            extra = {"vip_mode": "netns",
+                     "vip_cidrs": tuple(str(c) for c in (*cfg.service_cidrs, cfg.lb_pool) if c.version == 4)}
         self.proxy = ServiceProxy(
-            ProxyConfig.for_lab(node_name=cfg.node_name, node_ips=(cfg.node_ip,), admin=self.proxy_admin_addr)
+            ProxyConfig.for_lab(node_name=cfg.node_name, node_ips=node_ips, admin=self.proxy_admin_addr, **extra)
         )
         await _bind(self.proxy.start(), "proxy admin port")
         self._closers.append(self.proxy.close)
         self._ready_parts["proxy"] = lambda: self.proxy.ready
         return getattr(self.proxy, "admin_url", None)
 
-    def _in_process_sink(self, name: str, fn: Any) -> Any:
+    def _in_process_sink(self, name: str, fn: Any, what: str) -> Any:
         from kubelab.controller.sinks import InProcessSink
 
-        return InProcessSink(name, fn)
+        return _Notifying(InProcessSink(name, fn), what, self._readiness_hook)
 
     def _http_sinks(self) -> list[Any]:
         if not (self.zone_sinks or self.route_sinks):
@@ -255,9 +500,13 @@ class Lab:
         return True, "ok"
 
     async def wait_ready(self, timeout: float = 10.0) -> None:
+        """Until ``readiness()`` holds. Woken by the manager's last route sink, which runs
+        on every publish (the parts only flip when a state is applied), not by polling."""
+        assert self._ready_event is not None, "wait_ready() before start()"
         async with asyncio.timeout(timeout):
             while not self.readiness()[0]:
-                await asyncio.sleep(0.005)
+                self._ready_event.clear()
+                await self._ready_event.wait()
 
     async def close(self) -> None:
         while self._closers:
@@ -266,6 +515,27 @@ class Lab:
                 await closer()
             except Exception:  # keep closing the rest; the first failure is logged
                 log.exception("error while shutting down %s", closer)
+
+
+class _Notifying:
+    """A sink that calls ``applied()`` after its inner sink took a state: the readiness
+    parts (DNS, proxy, controllers) only change when a state is applied, so this is the
+    hook ``wait_ready`` waits on. ``what`` tells the manager which state it takes."""
+
+    def __init__(self, inner: Any, what: str, applied: Any) -> None:
+        self.inner, self.name, self.what, self._applied = inner, inner.name, what, applied
+
+    async def apply(self, state: Any) -> None:
+        await self.inner.apply(state)
+        self._applied()
+
+    async def close(self) -> None:
+        closer = getattr(self.inner, "close", None)
+        if closer is not None:
+            await closer()
+
+    def __repr__(self) -> str:
+        return f"{self.inner!r}->{self.what}"
 
 
 async def _bind(coro: Any, what: str) -> None:

@@ -43,7 +43,9 @@ def _quote(text: str) -> str:
 
 
 def _family(ip: str) -> str:
-    return "ip6" if ipaddress.ip_network(ip, strict=False).version == 6 else "ip"
+    """nft family of an address or CIDR: IPv6 text always has a colon, IPv4 text never
+    (parsing with ``ipaddress`` made compiling 1,000 pods' rulesets take seconds)."""
+    return "ip6" if ":" in ip else "ip"
 
 
 def _split(ips: Iterable[str]) -> dict[str, list[str]]:

@@ -1,23 +1,34 @@
 """``kubelab up``: flags -> ``LabConfig`` -> ``Lab``, served until SIGINT/SIGTERM.
 
 A bad flag or a port in use is one line on stderr and exit status 1, never a
-traceback: those are the mistakes people make most when starting a lab.
+traceback: those are the mistakes people make most when starting a lab. So is
+``--mode netns`` on a machine (or as a user) that can't build network namespaces.
+
+The address flags default per mode (``config.mode_defaults``): their argparse default
+is "not given" so that ``--mode netns`` can tell a value the user chose from one it
+may replace with kubeadm's ranges.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import signal
 import sys
 from pathlib import Path
 
 from kubelab.controller.config import (
+    MODE_FLAGS,
+    MODES,
     ConfigError,
     LabConfig,
+    check_mode_supported,
+    mode_defaults,
     parse_cidrs,
     parse_hostport,
     parse_port_range,
+    validate_lab,
 )
 
 COMPONENTS = ("dns", "proxy", "runtime")
@@ -31,15 +42,28 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     d = LabConfig()
+    unset = argparse.SUPPRESS  # "not given": the mode picks the default (see mode_defaults)
+    p.add_argument("--mode", default="local", choices=MODES,
+                   help="local: pods on loopback addresses, no privileges; netns: one network namespace per "
+                        "pod on a bridge with real addresses (needs root and ip netns; changes the address "
+                        "defaults below to kubeadm's)")
     p.add_argument("--api-addr", default="127.0.0.1:6443", help="registry API listen address; "
                    "a non-loopback address requires the bearer token written to the kubeconfig")
-    p.add_argument("--dns-addr", default="127.0.0.1:5353", help="cluster DNS listen address (UDP and TCP)")
-    p.add_argument("--service-cidr", default=",".join(map(str, d.service_cidrs)),
-                   help="ClusterIP range: one CIDR, or an IPv4,IPv6 pair for dual-stack")
-    p.add_argument("--pod-cidr", default=str(d.pod_cidr), help="pod IP range for run pods")
+    p.add_argument("--dns-addr", default=unset, help="cluster DNS listen address, UDP and TCP "
+                   "(default: 127.0.0.1:5353; netns: DNS_SERVICE_IP:53)")
+    p.add_argument("--service-cidr", default=unset, help="ClusterIP range: one CIDR, or an IPv4,IPv6 pair for "
+                   "dual-stack (default: 127.96.0.0/16; netns: 10.96.0.0/16)")
+    p.add_argument("--pod-cidr", default=unset, help="pod IP range for run pods "
+                   "(default: 127.244.0.0/16; netns: 10.244.0.0/16)")
     p.add_argument("--node-port-range", default="%d-%d" % d.node_port_range, help="NodePort range")
-    p.add_argument("--lb-pool", default=str(d.lb_pool), help="LoadBalancer ingress address pool")
-    p.add_argument("--node-ip", default=d.node_ip, help="the node's address (NodePorts listen here)")
+    p.add_argument("--lb-pool", default=unset, help="LoadBalancer ingress address pool "
+                   "(default: 127.240.0.0/24; netns: 10.97.0.0/24)")
+    p.add_argument("--node-ip", default=unset, help="the node's address, where NodePorts listen "
+                   "(default: 127.0.0.1; netns: the pod CIDR's first address, the bridge)")
+    p.add_argument("--dns-service-ip", default=unset, help="ClusterIP of the kube-system/kube-dns Service, "
+                   "the nameserver in pods' resolv.conf (default: none; netns: the service CIDR's tenth address)")
+    p.add_argument("--netns-prefix", default=d.netns_prefix,
+                   help="netns mode: every namespace, link and file of the lab starts with it")
     state = p.add_mutually_exclusive_group()
     state.add_argument("--state-dir", default=str(d.state_dir), help="where the registry (SQLite) and logs live")
     state.add_argument("--ephemeral", action="store_true", help="keep the registry in memory only")
@@ -74,21 +98,23 @@ def config_from_args(args: argparse.Namespace) -> LabConfig:
         upstream = () if args.dns_upstream == "none" else tuple(
             a.strip() for a in args.dns_upstream.split(",") if a.strip()
         )
-    pod_cidr = parse_cidrs(args.pod_cidr)
-    lb_pool = parse_cidrs(args.lb_pool)
+    mode = getattr(args, "mode", "local")
+    flags = mode_defaults(mode, {k: getattr(args, k, None) for k in MODE_FLAGS})
+    pod_cidr = parse_cidrs(str(flags["pod_cidr"]))
+    lb_pool = parse_cidrs(str(flags["lb_pool"]))
     if len(pod_cidr) != 1 or len(lb_pool) != 1:
         raise ConfigError("--pod-cidr and --lb-pool take one CIDR")
     for m in args.manifests:
         if m != "-" and not Path(m).exists():
             raise ConfigError(f"-f {m}: no such file or directory")
-    return LabConfig(
+    config = LabConfig(
         api_addr=parse_hostport(args.api_addr),
-        dns_addr=parse_hostport(args.dns_addr),
-        service_cidrs=parse_cidrs(args.service_cidr),
+        dns_addr=parse_hostport(str(flags["dns_addr"])),
+        service_cidrs=parse_cidrs(str(flags["service_cidr"])),
         pod_cidr=pod_cidr[0],
         node_port_range=parse_port_range(args.node_port_range),
         lb_pool=lb_pool[0],
-        node_ip=args.node_ip,
+        node_ip=str(flags["node_ip"]),
         state_dir=None if args.ephemeral else Path(args.state_dir),
         cluster_domain=args.cluster_domain.strip("."),
         dns_ttl=args.dns_ttl,
@@ -96,7 +122,12 @@ def config_from_args(args: argparse.Namespace) -> LabConfig:
         dns_upstream=upstream,
         disabled=frozenset(disabled),
         manifests=tuple(Path(m) for m in args.manifests),
+        mode=mode,
+        dns_service_ip=flags["dns_service_ip"],
+        netns_prefix=getattr(args, "netns_prefix", "kl-"),
     )
+    validate_lab(config)
+    return config
 
 
 def run(args: argparse.Namespace) -> int:
@@ -104,6 +135,13 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         config = config_from_args(args)
+        problem = None
+        if config.mode != "local":
+            from kubelab.runtime.netns import supported
+
+            problem = check_mode_supported(config.mode, supported())
+        if problem:
+            raise ConfigError(problem)
     except ConfigError as exc:
         print(f"kubelab up: {exc}", file=sys.stderr)
         return 1
@@ -118,6 +156,7 @@ async def serve(config: LabConfig, args: argparse.Namespace) -> int:
         zone_sinks=tuple(args.zone_sink),
         route_sinks=tuple(args.routes_sink),
         kubeconfig_path=Path(args.kubeconfig) if args.kubeconfig else None,
+        gc_freeze=True,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -133,6 +172,9 @@ async def serve(config: LabConfig, args: argparse.Namespace) -> int:
             message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
             print(f"kubelab up: {message}", file=sys.stderr)
             return 1
+        # Everything loaded so far (modules, manifests, the first zone) lives as long as the
+        # process: keep it out of the cyclic GC's full passes (see bench/lab/README.md).
+        gc.freeze()
         print(f"registry API   {where.api}", flush=True)
         if where.kubeconfig:
             print(f"kubeconfig     {where.kubeconfig}   (kubectl --kubeconfig {where.kubeconfig} get pods)")
@@ -143,6 +185,10 @@ async def serve(config: LabConfig, args: argparse.Namespace) -> int:
             print(f"DNS admin      {where.dns_admin}/metrics")
         if where.proxy_admin:
             print(f"proxy admin    {where.proxy_admin}/routes")
+        if config.mode == "netns":
+            print(f"pod network    bridge {config.netns_prefix}br0 {config.bridge_ip}, namespaces "
+                  f"{config.netns_prefix}<ns>_<pod>   (kubelab exec default/<pod> -- sh; "
+                  f"kubelab down --netns-prefix {config.netns_prefix} after a crash)")
         print("serving; Ctrl-C to stop", flush=True)
         waiter = asyncio.ensure_future(stop.wait())
         failed = asyncio.ensure_future(lab.manager.wait()) if hasattr(lab.manager, "wait") else None

@@ -91,7 +91,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         p.set_defaults(func=cmd_wait)
 
     p = sub.add_parser("down", help="remove what a netns lab left behind (namespaces, links, files, routes)")
-    p.add_argument("--prefix", default=DEFAULT_NETNS_PREFIX, help=argparse.SUPPRESS)
+    p.add_argument("--netns-prefix", "--prefix", dest="prefix", default=DEFAULT_NETNS_PREFIX,
+                   help="the lab's --netns-prefix (kubelab up --mode netns)")
     p.set_defaults(func=cmd_down)
 
 

@@ -36,7 +36,7 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Awaitable, Callable, Mapping, Sequence
 
 from kubelab.runtime import process as proc_mod
 from kubelab.runtime.ipam import Ipam, IpamExhausted
@@ -292,10 +292,18 @@ class PodRuntime:
 
     ``registry``: the kubelab Registry (needs ``store``, ``update_status``, ``delete`` and
     ``delete_hooks``). ``config``: the LabConfig. ``runtime_config``: overrides (tests).
+    ``on_pod_network(netns, pod_ip)``: netns mode, awaited once a pod's namespace exists
+    and before any of its containers starts (NetworkPolicy enforcement installs the pod's
+    rules there, so no packet leaves the pod before its policy holds). If it raises, the
+    pod's containers wait with reason ``CreatePodSandboxError``, as kubelet shows a CNI
+    failure.
     """
 
-    def __init__(self, registry: Any, config: Any, runtime_config: RuntimeConfig | None = None):
+    def __init__(self, registry: Any, config: Any, runtime_config: RuntimeConfig | None = None, *,
+                 on_pod_network: Callable[[str, str], Awaitable[None]] | None = None):
         self.registry = registry
+        self.on_pod_network = on_pod_network
+        self._netns_by_ip: dict[str, str] = {}
         self.lab_config = config
         self.config = runtime_config or RuntimeConfig.from_lab(config)
         self.ipam = Ipam(self.config.pod_cidr)
@@ -419,6 +427,10 @@ class PodRuntime:
         run = self.pods.get(f"{namespace}/{name}")
         return run.netns if run else None
 
+    def netns_of_ip(self, ip: str) -> str | None:
+        """netns mode: the namespace of the pod that has ``ip`` (None: no such pod here)."""
+        return self._netns_by_ip.get(ip)
+
     # -- watch --------------------------------------------------------------------------
 
     async def _watch(self, since: int) -> None:
@@ -511,6 +523,12 @@ class PodRuntime:
             try:
                 run.netns = await self._netns.add_pod(run.namespace, run.name, ip, hostname=hostname, fqdn=fqdn,
                                                      spec=spec)
+                self._netns_by_ip[ip] = run.netns
+                if self.on_pod_network is not None:
+                    # publish the pod IP first (kubelet reports it once the sandbox exists):
+                    # policy for this pod can only be computed once the registry knows it
+                    run.dirty.set()
+                    await self.on_pod_network(run.netns, ip)
             except Exception as exc:  # e.g. NetnsError: say so on the pod, as FailedCreatePodSandBox would
                 log.error("pod %s: network namespace: %s", key, exc)
                 for c in run.containers:
@@ -694,6 +712,8 @@ class PodRuntime:
             run.writer.cancel()
             await asyncio.gather(run.writer, return_exceptions=True)
         if self._netns is not None and run.netns:
+            if self._netns_by_ip.get(run.ip) == run.netns:
+                del self._netns_by_ip[run.ip]
             await self._netns.remove_pod(run.namespace, run.name)
         if self.pods.get(run.key) is run:
             del self.pods[run.key]

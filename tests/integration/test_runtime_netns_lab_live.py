@@ -4,7 +4,6 @@ as inside a Kubernetes pod. Needs root and ``ip netns``; everything is removed a
 """
 
 import asyncio
-import dataclasses
 import ipaddress
 import json
 import os
@@ -42,25 +41,15 @@ def free_octet() -> int:
 def lab_config(x: int, prefix: str, api_port: int):
     from kubelab.controller.config import LabConfig
 
-    fields = dict(
+    return LabConfig(
         api_addr=("127.0.0.1", api_port), dns_addr=(f"10.253.{x}.10", 53),
         service_cidrs=(ipaddress.ip_network(f"10.253.{x}.0/24"),), pod_cidr=ipaddress.ip_network(f"10.254.{x}.0/24"),
         lb_pool=ipaddress.ip_network(f"10.252.{x}.0/24"), node_ip=f"10.254.{x}.1", state_dir=None, dns_upstream=(),
-        manifests=(ROOT / "examples" / "dns",))
-    extra = {"mode": "netns", "dns_service_ip": f"10.253.{x}.10", "netns_prefix": prefix}
-    known = LabConfig.__dataclass_fields__
-    missing = {k: v for k, v in extra.items() if k not in known}
-    if not missing:
-        return LabConfig(**fields, **extra)
-    # until LabConfig has these fields: the same config with them added
-    cls = dataclasses.make_dataclass("NetnsLabConfig", [(k, type(v), v) for k, v in missing.items()],
-                                     bases=(LabConfig,), frozen=True)
-    return cls(**fields, **{k: v for k, v in extra.items() if k in known})
+        manifests=(ROOT / "examples" / "dns",), mode="netns", dns_service_ip=f"10.253.{x}.10", netns_prefix=prefix)
 
 
 async def test_pod_uses_cluster_dns_and_services_by_short_name(tmp_path):
     from kubelab.controller.lab import Lab
-    from kubelab.runtime.netns import Netns, NetnsConfig
 
     x = free_octet()
     prefix = f"kl-l{os.getpid() % 10000:04d}-"
@@ -70,11 +59,7 @@ async def test_pod_uses_cluster_dns_and_services_by_short_name(tmp_path):
         s.bind(("127.0.0.1", 0))
         api_port = s.getsockname()[1]
     config = lab_config(x, prefix, api_port)
-    # the node side must exist before DNS binds the DNS service IP (see the report to the lead)
-    pre = Netns(NetnsConfig(pod_cidr=config.pod_cidr, dns_ip=f"10.253.{x}.10", prefix=prefix,
-                            local_cidrs=(f"10.253.{x}.0/24", f"10.252.{x}.0/24")))
-    await pre.start()
-    lab = Lab(config)
+    lab = Lab(config)  # builds the node side (bridge, local routes) before DNS binds the DNS service IP
     try:
         await lab.start()
         async with asyncio.timeout(20):
@@ -103,7 +88,6 @@ async def test_pod_uses_cluster_dns_and_services_by_short_name(tmp_path):
         assert rc == 3
     finally:
         await lab.close()
-        await pre.close()
         cleanup(prefix)
     ns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert prefix not in ns

@@ -98,3 +98,19 @@ def test_service_vips_pass_the_egress_chain_for_the_proxy_to_decide():
     assert any(l.startswith("ip6 daddr { fd00:96::/108 } accept") for l in egress)
     assert not any("Service VIPs" in l for l in ingress)
     assert egress.index(vip) < egress.index('meta l4proto tcp counter reject with tcp reset comment "x/a egress isolated by x/p"')
+
+
+def test_address_families_come_from_the_text():
+    """IPv6 blocks and peers use ``ip6``, IPv4 ones ``ip`` (the family is read off the text)."""
+    acl = Acl(
+        ("x/p",),
+        (("x/p", "ingress[0].from[0]"), ("x/p", "ingress[0].from[1]")),
+        (
+            AclEntry(0, IPBlock("fd00:10::/64", ("fd00:10::1/128",)), None),
+            AclEntry(1, frozenset({"10.244.0.9", "fd00::9"}), None),
+        ),
+    )
+    body = [l.strip() for l in pod_ruleset(table_with(ingress=acl), "10.244.0.1").splitlines()]
+    assert 'ip6 saddr fd00:10::/64 ip6 saddr != { fd00:10::1/128 } accept comment "x/p ingress[0].from[0]"' in body
+    assert 'ip saddr @peers0_v4 accept comment "x/p ingress[0].from[1]"' in body
+    assert 'ip6 saddr @peers1_v6 accept comment "x/p ingress[0].from[1]"' in body

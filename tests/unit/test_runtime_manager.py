@@ -134,3 +134,20 @@ def test_runtime_config_from_lab():
     eph = RuntimeConfig.from_lab(LabConfig(state_dir=None, api_addr=("127.0.0.1", 16443)))
     assert eph.remove_logs and eph.log_dir.parts[-2:] == ("127.0.0.1_16443", "pods")
     assert RuntimeConfig.from_lab(LabConfig(state_dir=None, api_addr=("127.0.0.1", 0))).log_dir is None
+
+
+def test_runtime_config_from_lab_netns_mode():
+    import ipaddress
+
+    from kubelab.controller.config import LabConfig
+
+    lab = LabConfig(state_dir=None, mode="netns", netns_prefix="kz-", dns_service_ip="10.96.0.10",
+                    dns_addr=("127.0.0.1", 5353), service_cidrs=(ipaddress.ip_network("10.96.0.0/16"),),
+                    pod_cidr=ipaddress.ip_network("10.244.0.0/16"), lb_pool=ipaddress.ip_network("10.97.0.0/24"),
+                    node_ip="10.244.0.1")
+    cfg = RuntimeConfig.from_lab(lab)
+    assert cfg.mode == "netns" and cfg.host_ip == "10.244.0.1"
+    # pods' resolv.conf names the DNS service IP, not where the DNS server happens to listen
+    assert cfg.netns.dns_ip == "10.96.0.10" and cfg.netns.prefix == "kz-"
+    assert cfg.netns.local_cidrs == ("10.96.0.0/16", "10.97.0.0/24")
+    assert cfg.netns.gateway == lab.bridge_ip == "10.244.0.1"
