@@ -1,6 +1,7 @@
 """What several test files need alike: waiting on a condition, Kubernetes object
-builders, stand-in admission, running a command, the in-process lab and the public
-NetworkPolicy case data.
+builders, stand-in admission, running a command, free ports, a registry or the
+in-process lab, the public NetworkPolicy case data, and for the netns tests (root) the
+module skip, per-run name prefixes, free 10.x ranges and the leftover check.
 
 One copy, so that every test fails the same way (naming what it waited for) and
 builds the same object shapes. Import it as ``from tests.helpers import ...``
@@ -8,8 +9,8 @@ builds the same object shapes. Import it as ``from tests.helpers import ...``
 ``sys.path``; ``tests/`` stays a namespace package, like the component folders).
 
 Nothing here sleeps to synchronise: the waits poll a condition and fail at a deadline.
-The lab is imported inside the helper that starts it, so that the
-pure unit tests importing the builders stay light.
+The lab, registry and runtime are imported inside the helpers that need them, so that
+the pure unit tests importing the builders stay light.
 """
 
 from __future__ import annotations
@@ -19,6 +20,11 @@ import contextlib
 import inspect
 import ipaddress
 import json
+import os
+import random
+import shutil
+import socket
+import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
@@ -26,8 +32,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pytest
+
 T = TypeVar("T")
 
+ROOT = Path(__file__).resolve().parents[1]  # the repository (examples/, docker/, ...)
 DATA_DIR = Path(__file__).resolve().parent / "data"
 # The ``kubelab`` console script of this venv (the real entry point, as a user runs it).
 KUBELAB = str(Path(sys.executable).with_name("kubelab"))
@@ -152,6 +161,18 @@ def pod(
     return obj
 
 
+def is_ready(pod: Mapping[str, Any] | None) -> bool:
+    """The pod exists and its Ready condition is True (what ``kubectl wait --for=condition=Ready`` checks)."""
+    conditions = ((pod or {}).get("status") or {}).get("conditions") or []
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+
+
+def pod_status(registry: Any, name: str, ns: str = "default") -> dict[str, Any]:
+    """The stored pod's ``status`` as the registry holds it now; ``{}`` while the pod
+    or its status does not exist (so a wait on it keeps waiting instead of crashing)."""
+    return (registry.store.snapshot().get("Pod", ns, name) or {}).get("status") or {}
+
+
 def service(
     name: str,
     ns: str | None = "default",
@@ -215,6 +236,14 @@ def netpol_topology(data: Mapping[str, Any]) -> list[dict[str, Any]]:
     objs += [pod(p["name"], p["namespace"], p["labels"], p["ip"], ports=p["ports"], node=p["node"])
              for p in data["pods"]]
     return objs
+
+
+def netpol_cluster(data: Mapping[str, Any], case: Mapping[str, Any]) -> Any:
+    """The reference engine's ``Cluster`` for one public case: the cases' topology plus the case's policies."""
+    from kubelab.controller.netpol import Cluster
+
+    objs = [*netpol_topology(data), *case["policies"]]
+    return Cluster(*([o for o in objs if o["kind"] == kind] for kind in ("Namespace", "Node", "Pod", "NetworkPolicy")))
 
 
 # --- stand-in admission for registry tests (duck-typed like controller.admission) -------
@@ -301,7 +330,6 @@ async def local_lab(tmp_path: Path, *, node_ip: str, service_cidr: str, **overri
     state dir), ready, on the test's own node IP and service range; closed on exit.
     ``overrides`` are further ``LabConfig`` fields (e.g. ``disabled=frozenset()`` for the runtime)."""
     from kubelab.controller.config import LabConfig
-    from kubelab.controller.lab import Lab
 
     fields: dict[str, Any] = dict(
         api_addr=("127.0.0.1", 0),
@@ -312,10 +340,123 @@ async def local_lab(tmp_path: Path, *, node_ip: str, service_cidr: str, **overri
         disabled=frozenset({"runtime"}),
     )
     config = LabConfig(**{**fields, **overrides})
-    lab = Lab(config, kubeconfig_path=tmp_path / "kubeconfig")
-    await lab.start()
-    try:
+    async with started_lab(config, kubeconfig_path=tmp_path / "kubeconfig") as lab:
         await lab.wait_ready(10)
+        yield lab
+
+
+async def close_writer(writer: asyncio.StreamWriter) -> None:
+    """Close a stream and wait for it, ignoring a peer that already reset or went away."""
+    writer.close()
+    with contextlib.suppress(ConnectionError):
+        await writer.wait_closed()
+
+
+def free_port(ip: str = "127.0.0.1") -> int:
+    """A TCP port on ``ip`` that nothing listens on right now (bound, then released): for a
+    server started in another process, or a connection that must be refused."""
+    with socket.socket() as s:
+        s.bind((ip, 0))
+        return s.getsockname()[1]
+
+
+@contextlib.asynccontextmanager
+async def memory_registry(config: Any) -> AsyncIterator[Any]:
+    """A started ``Registry`` on a ``MemoryStore`` with the real admission for ``config``;
+    its store is closed on exit."""
+    from kubelab.controller.admission import Admission
+    from kubelab.controller.registry import Registry
+    from kubelab.controller.store import MemoryStore
+
+    registry = Registry(MemoryStore(), Admission(config))
+    await registry.start()
+    try:
+        yield registry
+    finally:
+        await registry.store.close()
+
+
+@contextlib.asynccontextmanager
+async def started_lab(config: Any, **lab_kwargs: Any) -> AsyncIterator[Any]:
+    """``Lab(config, **lab_kwargs)`` started (not waited ready) and closed on exit, even
+    after a failed start. In netns mode everything named with ``config.netns_prefix`` is
+    removed afterwards too, so a test that dies midway leaves no namespace behind."""
+    from kubelab.controller.lab import Lab
+
+    lab = Lab(config, **lab_kwargs)
+    try:
+        await lab.start()
         yield lab
     finally:
         await lab.close()
+        if config.mode == "netns":
+            from kubelab.runtime.netns import cleanup
+
+            cleanup(config.netns_prefix)
+
+
+# --- network namespaces (root only) ----------------------------------------------------
+
+
+def require_netns(*tools: str) -> None:
+    """Skip the calling test module (call it at module level) unless this machine can run
+    netns mode (root, ``ip netns``: ``kubelab.runtime.netns.supported``) and has ``tools``."""
+    from kubelab.runtime.netns import supported
+
+    ok, why = supported()
+    if not ok:
+        pytest.skip(why, allow_module_level=True)
+    missing = [t for t in tools if shutil.which(t) is None]
+    if missing:
+        pytest.skip(f"needs {' and '.join(missing)} (apt-get install)", allow_module_level=True)
+
+
+def netns_prefix(tag: str) -> str:
+    """This run's name prefix (``<tag><pid>-``) for a test's namespaces, links and bridge:
+    two runs never share names, and ``cleanup(prefix)`` finds everything a test made."""
+    return f"{tag}{os.getpid() % 10000:04d}-"
+
+
+def free_octet(*second_octets: int) -> int:
+    """An X such that no route on this machine mentions ``10.<b>.X.`` for any ``b`` given:
+    the test's own 10.<b>.X.0/24 ranges then clash with nothing (each netns test file has
+    its own ``b``s). Skips the test when 50 random tries find none."""
+    routes = subprocess.run(["ip", "-j", "route", "show", "table", "all"], capture_output=True, text=True).stdout
+    used = " ".join(r.get("dst", "") for r in json.loads(routes or "[]"))
+    for _ in range(50):
+        x = random.randint(1, 254)
+        if all(f"10.{b}.{x}." not in used for b in second_octets):
+            return x
+    pytest.skip(f"no free test subnets 10.{{{','.join(map(str, second_octets))}}}.X.0/24")
+
+
+def netns_lab_config(x: int, prefix: str, api_port: int, *, services: int, pods: int, lb_pool: int,
+                     **overrides: Any) -> Any:
+    """A netns-mode ``LabConfig`` on the test's own ranges: services 10.<services>.X.0/24
+    (DNS on .10), pods 10.<pods>.X.0/24 (node on .1), LB pool 10.<lb_pool>.X.0/24; the API
+    on 127.0.0.1:``api_port``, no DNS upstream, no state. ``overrides``: further fields."""
+    from kubelab.controller.config import LabConfig
+
+    fields: dict[str, Any] = dict(
+        api_addr=("127.0.0.1", api_port), dns_addr=(f"10.{services}.{x}.10", 53),
+        service_cidrs=(ipaddress.ip_network(f"10.{services}.{x}.0/24"),),
+        pod_cidr=ipaddress.ip_network(f"10.{pods}.{x}.0/24"), lb_pool=ipaddress.ip_network(f"10.{lb_pool}.{x}.0/24"),
+        node_ip=f"10.{pods}.{x}.1", state_dir=None, dns_upstream=(),
+        mode="netns", dns_service_ip=f"10.{services}.{x}.10", netns_prefix=prefix,
+    )
+    return LabConfig(**{**fields, **overrides})
+
+
+def netns_leftovers(prefix: str, *, links: bool = True) -> list[str]:
+    """What is left named with ``prefix``: network namespaces, ``/etc/netns`` dirs and
+    (``links``) any ``ip -o link`` line mentioning it. ``[]`` once a test cleaned up."""
+    from kubelab.runtime.netns import NETNS_ETC_DIR
+
+    found = [line for line in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+             .splitlines() if line.startswith(prefix)]
+    if links:
+        found += [line for line in subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+                  .splitlines() if prefix in line]
+    if NETNS_ETC_DIR.is_dir():
+        found += [str(d) for d in NETNS_ETC_DIR.glob(f"{prefix}*")]
+    return found

@@ -17,14 +17,16 @@ import re
 import shutil
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, TypeVar
 
 import pytest
 
+from tests.helpers import ROOT, wait_until_sync
+
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
-ROOT = Path(__file__).resolve().parents[2]
 LAB = ROOT / "docker" / "lab.sh"
 PRIVATE_SOCKET = Path(os.environ.get("KUBELAB_DOCKER_RUN", "/run/kubelab-docker")) / "docker.sock"
 SERVICE_CIDR = ipaddress.ip_network("172.28.96.0/20")
@@ -72,21 +74,26 @@ def client(*cmd: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
     return lab("compose", "exec", "-T", "client", *cmd, timeout=timeout, check=False)
 
 
+@dataclass(frozen=True)
+class NotYet:
+    """A falsy stand-in for a check's AssertionError, so the wait keeps polling and names it."""
+
+    error: AssertionError
+
+    def __bool__(self) -> bool:
+        return False
+
+
 def eventually(fn: Callable[[], T | None], what: str, timeout: float = 60.0, every: float = 0.5) -> T:
     """Poll ``fn`` until it returns something truthy (an AssertionError means "not yet")."""
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while True:
+
+    def attempt() -> T | NotYet | None:
         try:
-            value = fn()
-            if value:
-                return value
-            last = value
+            return fn()
         except AssertionError as exc:
-            last = exc
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout:.0f}s (last: {last!r})")
-        time.sleep(every)
+            return NotYet(exc)
+
+    return wait_until_sync(attempt, timeout, what, interval=every)  # type: ignore[return-value]
 
 
 @pytest.fixture(scope="module")

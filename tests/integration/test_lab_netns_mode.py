@@ -13,54 +13,30 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import random
 import signal
-import socket
 import subprocess
-import sys
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 
-from kubelab.runtime.netns import NETNS_ETC_DIR, cleanup, supported
-from tests.helpers import run_command, wait_until
+from kubelab.runtime.netns import cleanup
+from tests.helpers import KUBELAB, ROOT, free_octet, free_port, is_ready, netns_leftovers, netns_prefix
+from tests.helpers import require_netns, run_command, wait_until
 
 pytestmark = pytest.mark.e2e
-
-ok, why = supported()
-if not ok:
-    pytest.skip(why, allow_module_level=True)
-if not all(Path(p).exists() for p in ("/usr/bin/curl", "/usr/bin/getent")):
-    pytest.skip("needs curl and getent", allow_module_level=True)
-
-ROOT = Path(__file__).resolve().parents[2]
-KUBELAB = str(Path(sys.executable).with_name("kubelab"))
-
-
-def free_octet() -> int:
-    routes = subprocess.run(["ip", "-j", "route", "show", "table", "all"], capture_output=True, text=True).stdout
-    used = " ".join(r.get("dst", "") for r in json.loads(routes or "[]"))
-    for _ in range(50):
-        x = random.randint(1, 254)
-        if all(f"10.{b}.{x}." not in used for b in (241, 242, 243)):
-            return x
-    pytest.skip("no free test subnets")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+require_netns("curl", "getent")
 
 
 class NetnsLab:
     def __init__(self, tmp: Path):
-        self.x = free_octet()
-        self.prefix = f"kn{os.getpid() % 10000:04d}-"
+        self.x = free_octet(241, 242, 243)
+        self.prefix = netns_prefix("kn")
         self.port = free_port()
         self.env = {**os.environ, "KUBELAB_SERVER": f"http://127.0.0.1:{self.port}"}
         self.tmp = tmp
         self.proc: asyncio.subprocess.Process | None = None
+        self.log: BinaryIO | None = None
 
     def argv(self) -> list[str]:
         x = self.x
@@ -82,8 +58,7 @@ class NetnsLab:
         if rc != 0:
             return False
         pods = json.loads(out)["items"]
-        return len(pods) == 4 and all(any(c["type"] == "Ready" and c["status"] == "True"
-                                          for c in (p.get("status") or {}).get("conditions", [])) for p in pods)
+        return len(pods) == 4 and all(is_ready(p) for p in pods)
 
     def output(self) -> str:
         return (self.tmp / f"up-{self.port}.log").read_text(errors="replace")[-2000:]
@@ -98,20 +73,14 @@ class NetnsLab:
         if self.proc.returncode is None:
             self.proc.send_signal(sig)
         rc = await asyncio.wait_for(self.proc.wait(), 30)
-        self.log.close()
+        if self.log is not None:
+            self.log.close()
         return rc
 
     def leftovers(self) -> list[str]:
-        found = []
-        ns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-        found += [line for line in ns.splitlines() if line.startswith(self.prefix)]
-        links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
-        found += [line for line in links.splitlines() if self.prefix in line]
         routes = subprocess.run(["ip", "route", "show", "table", "all"], capture_output=True, text=True).stdout
-        found += [line for line in routes.splitlines() if any(f"10.{b}.{self.x}." in line for b in (241, 242, 243))]
-        if NETNS_ETC_DIR.is_dir():
-            found += [str(d) for d in NETNS_ETC_DIR.glob(f"{self.prefix}*")]
-        return found
+        return netns_leftovers(self.prefix) + [
+            line for line in routes.splitlines() if any(f"10.{b}.{self.x}." in line for b in (241, 242, 243))]
 
 
 @pytest.fixture
@@ -122,6 +91,8 @@ async def netns_lab(tmp_path):
     finally:
         if lab.proc is not None and lab.proc.returncode is None:
             await lab.stop(signal.SIGKILL)
+        if lab.log is not None:
+            lab.log.close()  # stop() closes it too, but not after `kubelab up` exited on its own
         cleanup(lab.prefix)
         for b in (241, 242, 243):  # routes of a custom prefix are not cleanup()'s to find
             subprocess.run(["ip", "route", "del", "local", f"10.{b}.{lab.x}.0/24", "table", "local"],

@@ -21,7 +21,7 @@ import pytest
 from kubelab.controller.config import LabConfig
 from kubelab.controller.kubeconfig import write_kubeconfig
 from kubelab.controller.lab import Lab
-from tests.helpers import run_command, wait_until
+from tests.helpers import KUBELAB, pod_status, run_command, started_lab, wait_until
 
 KUBECTL = shutil.which("kubectl")
 NODE_IP = "127.217.0.1"
@@ -38,13 +38,15 @@ def config(**kw) -> LabConfig:
 
 @pytest.fixture
 async def lab(tmp_path):
-    lab = Lab(config(dns_service_ip="127.214.0.10"), kubeconfig_path=tmp_path / "kubeconfig")
-    await lab.start()
-    try:
+    async with started_lab(config(dns_service_ip="127.214.0.10"), kubeconfig_path=tmp_path / "kubeconfig") as lab:
         await lab.wait_ready(10)
         yield lab
-    finally:
-        await lab.close()
+
+
+def binds_port(port: int) -> pytest.MarkDecorator:
+    """Skip unless this user may bind ``port`` (root, or a low ``ip_unprivileged_port_start``)."""
+    unprivileged = int(Path("/proc/sys/net/ipv4/ip_unprivileged_port_start").read_text())
+    return pytest.mark.skipif(os.geteuid() != 0 and unprivileged > port, reason=f"binding port {port} needs root")
 
 
 async def http_get(ip: str, port: int, path: str) -> tuple[int, bytes]:
@@ -92,15 +94,13 @@ async def test_slices_survive_the_controllers(lab):
     assert lab.registry.store.snapshot().get("EndpointSlice", "default", "kubernetes")["endpoints"]
 
 
-@pytest.mark.skipif(os.geteuid() != 0 and int(Path("/proc/sys/net/ipv4/ip_unprivileged_port_start")
-                                                 .read_text()) > 443, reason="binding port 443 needs root")
+@binds_port(443)
 async def test_kubernetes_service_reaches_the_api_through_the_proxy(lab):
     status, body = await wait_until(lambda: _try_get("127.214.0.1", 443, "/version"), what="kubernetes ClusterIP")
     assert status == 200 and json.loads(body)["major"] == "1"
 
 
-@pytest.mark.skipif(os.geteuid() != 0 and int(Path("/proc/sys/net/ipv4/ip_unprivileged_port_start")
-                                                 .read_text()) > 53, reason="binding port 53 needs root")
+@binds_port(53)
 async def test_kube_dns_clusterip_answers_through_the_proxy(lab):
     async def ask():
         try:
@@ -122,13 +122,9 @@ async def _try_get(ip, port, path):
 
 async def test_wait_ready_wakes_without_polling(tmp_path):
     """wait_ready returns once the controllers published, even with every data plane off."""
-    lab = Lab(config(disabled=frozenset({"dns", "proxy", "runtime"})))
-    await lab.start()
-    try:
+    async with started_lab(config(disabled=frozenset({"dns", "proxy", "runtime"}))) as lab:
         await lab.wait_ready(5)
         assert lab.readiness() == (True, "ok") and lab.manager.ready
-    finally:
-        await lab.close()
 
 
 def echo_pod(name: str, script: str) -> dict:
@@ -140,8 +136,8 @@ def echo_pod(name: str, script: str) -> dict:
 @pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed")
 async def test_kubectl_logs_and_completed_status(lab, tmp_path):
     await lab.registry.apply([echo_pod("hello", "echo one; echo two; echo three")])
-    await wait_until(lambda: (lab.registry.store.snapshot().get("Pod", "default", "hello").get("status") or {})
-                     .get("phase") == "Succeeded", timeout=10, what="pod hello Succeeded")
+    await wait_until(lambda: pod_status(lab.registry, "hello").get("phase") == "Succeeded", timeout=10,
+                     what="pod hello Succeeded")
     kubeconfig = write_kubeconfig(tmp_path / "kc", lab.listening.api)
     env = {**os.environ, "KUBECACHEDIR": str(tmp_path / "cache"), "HOME": str(tmp_path)}
 
@@ -162,8 +158,8 @@ async def test_kubectl_logs_and_completed_status(lab, tmp_path):
 
 async def test_log_endpoint_text_plain_and_errors(lab):
     await lab.registry.apply([echo_pod("talk", "echo a; echo b")])
-    await wait_until(lambda: (lab.registry.store.snapshot().get("Pod", "default", "talk").get("status") or {})
-                     .get("phase") == "Succeeded", timeout=10, what="pod talk Succeeded")
+    await wait_until(lambda: pod_status(lab.registry, "talk").get("phase") == "Succeeded", timeout=10,
+                     what="pod talk Succeeded")
     host, port = lab.listening.api.removeprefix("http://").rsplit(":", 1)
     status, body = await http_get(host, int(port), "/api/v1/namespaces/default/pods/talk/log?tailLines=1")
     assert (status, body) == (200, b"b\n")
@@ -178,10 +174,7 @@ async def test_log_endpoint_text_plain_and_errors(lab):
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
                     reason="runs kubelab as nobody: needs root and setpriv")
 async def test_netns_mode_as_a_user_is_one_line_and_exit_1():
-    import sys
-
-    kubelab = str(Path(sys.executable).with_name("kubelab"))
     rc, out, err = await run_command("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-                                     kubelab, "up", "--mode", "netns", "--ephemeral", timeout=30)
+                                     KUBELAB, "up", "--mode", "netns", "--ephemeral", timeout=30)
     assert rc == 1 and out == ""
     assert err == "kubelab up: --mode netns: netns mode needs root (use --mode local)\n"

@@ -15,16 +15,16 @@ import re
 import shutil
 import subprocess
 import sys
-from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 
 from kubelab.controller.netpol import build_policy_table
 from kubelab.controller.netpol_nft import pod_ruleset
+from tests.helpers import load_netpol_cases, netpol_cluster
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "unit"))
-from test_netpol_cases import CASES, cluster_for  # noqa: E402
+DATA = load_netpol_cases()
+CASES = {c["id"]: c for c in DATA["cases"]}
 
 IP = shutil.which("ip")
 NFT = shutil.which("nft")
@@ -76,6 +76,10 @@ pytestmark = [
     pytest.mark.e2e,
     pytest.mark.skipif(not _root_netns_ok(), reason="needs root, iproute2, nft and network namespaces"),
 ]
+
+
+def cluster_for(case: dict[str, Any]) -> Any:
+    return netpol_cluster(DATA, case)
 
 
 def sh(*args: str, input: str | None = None) -> str:

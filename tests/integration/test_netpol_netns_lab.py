@@ -16,32 +16,21 @@ Needs root, ``ip netns``, ``nft`` and curl; everything is removed afterwards.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
-import os
-import random
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from kubelab.runtime.netns import NETNS_ETC_DIR, cleanup, supported
+from tests.helpers import KUBELAB, free_octet, free_port, is_ready, namespace, netns_lab_config, netns_leftovers
+from tests.helpers import netns_prefix, require_netns, run_command, started_lab, wait_until
 
 pytestmark = pytest.mark.e2e
+require_netns("nft", "curl")
 
-ok, why = supported()
-if not ok:
-    pytest.skip(why, allow_module_level=True)
-if not (shutil.which("nft") and shutil.which("curl")):
-    pytest.skip("needs nft (apt-get install nftables) and curl", allow_module_level=True)
-
-KUBELAB = str(Path(sys.executable).with_name("kubelab"))
 PODS = ("x/a", "x/b", "y/a", "y/b")
 PAIRS = [(s, d) for s in PODS for d in PODS if s != d]
 
@@ -70,32 +59,6 @@ while time.monotonic() < deadline:
 else:
     print("timeout", flush=True)
 """
-
-
-def free_octet() -> int:
-    """A third octet free in 10.247-249.x (this file's own ranges; other netns tests use 252-254)."""
-    routes = subprocess.run(["ip", "-j", "route", "show", "table", "all"], capture_output=True, text=True).stdout
-    used = " ".join(r.get("dst", "") for r in json.loads(routes or "[]"))
-    for _ in range(50):
-        x = random.randint(1, 254)
-        if all(f"10.{b}.{x}." not in used for b in (247, 248, 249)):
-            return x
-    pytest.skip("no free test subnets")
-
-
-def lab_config(x: int, prefix: str, api_port: int) -> Any:
-    from kubelab.controller.config import LabConfig
-
-    return LabConfig(
-        api_addr=("127.0.0.1", api_port), dns_addr=(f"10.248.{x}.10", 53),
-        service_cidrs=(ipaddress.ip_network(f"10.248.{x}.0/24"),), pod_cidr=ipaddress.ip_network(f"10.247.{x}.0/24"),
-        lb_pool=ipaddress.ip_network(f"10.249.{x}.0/24"), node_ip=f"10.247.{x}.1", state_dir=None, dns_upstream=(),
-        mode="netns", dns_service_ip=f"10.248.{x}.10", netns_prefix=prefix,
-    )
-
-
-def namespace(name: str) -> dict:
-    return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": {"ns": name}}}
 
 
 def pod(key: str) -> dict:
@@ -168,81 +131,60 @@ class NetnsLab:
         """Until every pod's namespace holds the ruleset compiled from the registry as it is now."""
         from kubelab.controller.netpol_nft import pod_ruleset
 
-        async with asyncio.timeout(timeout):
-            while True:
-                table = self.table()
-                want = {self.netns(k): pod_ruleset(table, ip, proxied=self.proxied()) for k, ip in self.ips.items()}
-                held = self.lab.enforcer.applied()
-                if all(held.get(ns) == text for ns, text in want.items()):
-                    return table
-                await asyncio.sleep(0.01)
+        def enforced() -> list[Any] | None:
+            table = self.table()
+            want = {self.netns(k): pod_ruleset(table, ip, proxied=self.proxied()) for k, ip in self.ips.items()}
+            held = self.lab.enforcer.applied()
+            return [table] if all(held.get(ns) == text for ns, text in want.items()) else None
+
+        return (await wait_until(enforced, timeout, "every pod's ruleset in its namespace"))[0]
+
+    async def answers(self, dst: str, *argv: str) -> bool:
+        """``argv`` (a curl of dst's pod IP) printed dst's pod name."""
+        rc, out, _ = await run_command(*argv, timeout=30)
+        return rc == 0 and out.strip() == dst.split("/")[1]
 
     async def curl(self, src: str, dst: str) -> bool:
-        p = await asyncio.create_subprocess_exec(
-            "ip", "netns", "exec", self.netns(src), "curl", "-s", "--max-time", "1", f"http://{self.ips[dst]}:80/",
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
-        out, _ = await asyncio.wait_for(p.communicate(), 30)
-        return p.returncode == 0 and out.decode().strip() == dst.split("/")[1]
+        return await self.answers(dst, "ip", "netns", "exec", self.netns(src),
+                                  "curl", "-s", "--max-time", "1", f"http://{self.ips[dst]}:80/")
 
     async def node_curl(self, dst: str) -> bool:
         """From the node's own namespace: its bridge address is the node address, exempt (R23)."""
-        p = await asyncio.create_subprocess_exec(
-            "curl", "-s", "--max-time", "1", f"http://{self.ips[dst]}:80/",
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
-        out, _ = await asyncio.wait_for(p.communicate(), 30)
-        return p.returncode == 0 and out.decode().strip() == dst.split("/")[1]
+        return await self.answers(dst, "curl", "-s", "--max-time", "1", f"http://{self.ips[dst]}:80/")
 
     async def kubelab_exec_curl(self, src: str, dst: str) -> bool:
         """The issue's own words: ``kubelab exec x/a -- curl <podIP>``."""
-        p = await asyncio.create_subprocess_exec(
-            KUBELAB, "exec", "--server", self.api_url, "--netns-prefix", self.prefix, src, "--",
-            "curl", "-s", "--max-time", "1", f"http://{self.ips[dst]}/",
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
-        out, _ = await asyncio.wait_for(p.communicate(), 30)
-        return p.returncode == 0 and out.decode().strip() == dst.split("/")[1]
+        return await self.answers(dst, KUBELAB, "exec", "--server", self.api_url, "--netns-prefix", self.prefix, src,
+                                  "--", "curl", "-s", "--max-time", "1", f"http://{self.ips[dst]}/")
 
     async def matrix(self) -> dict[tuple[str, str], bool]:
-        p = await asyncio.create_subprocess_exec(
-            KUBELAB, "netpol", "matrix", "--server", self.api_url, "--port", "80/TCP", "-o", "json",
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-        out, err = await asyncio.wait_for(p.communicate(), 30)
-        assert p.returncode == 0, err.decode()
+        rc, out, err = await run_command(KUBELAB, "netpol", "matrix", "--server", self.api_url, "--port", "80/TCP",
+                                         "-o", "json", timeout=30)
+        assert rc == 0, err
         probes = json.loads(out)["probes"]
         return {(q["from"], q["to"]): q["allowed"] for q in probes if q["from"] in PODS and q["to"] in PODS and q["from"] != q["to"]}
 
 
 @pytest.fixture
 async def netns_lab():
-    from kubelab.controller.lab import Lab
-
-    x = free_octet()
-    prefix = f"kn{os.getpid() % 10000:04d}-"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        api_port = s.getsockname()[1]
-    lab = Lab(lab_config(x, prefix, api_port))
-    try:
-        listening = await lab.start()
+    x = free_octet(247, 248, 249)
+    prefix = netns_prefix("kn")
+    async with started_lab(netns_lab_config(x, prefix, free_port(), services=248, pods=247, lb_pool=249)) as lab:
         if getattr(lab, "enforcer", None) is None:
             pytest.fail("controller/lab.py does not wire NetnsPolicyEnforcer in netns mode")
-        await lab.registry.apply([namespace("x"), namespace("y")])
+        await lab.registry.apply([namespace(n, {"ns": n}) for n in ("x", "y")])
         await lab.registry.apply([pod(k) for k in PODS])
-        env = NetnsLab(lab, listening.api, prefix)
-        async with asyncio.timeout(30):
-            while True:
-                snap = lab.registry.store.snapshot()
-                pods = [snap.get("Pod", *k.split("/")) for k in PODS]
-                if all(p and any(c["type"] == "Ready" and c["status"] == "True"
-                                 for c in p["status"].get("conditions", [])) for p in pods):
-                    break
-                await asyncio.sleep(0.05)
+        env = NetnsLab(lab, lab.listening.api, prefix)
+
+        def ready_pods() -> list[dict] | None:
+            snap = lab.registry.store.snapshot()
+            pods = [snap.get("Pod", *k.split("/")) for k in PODS]
+            return pods if all(is_ready(p) for p in pods) else None
+
+        pods = await wait_until(ready_pods, timeout=30, what="the four pods Ready", interval=0.05)
         env.ips = {k: p["status"]["podIP"] for k, p in zip(PODS, pods)}
         yield env
-    finally:
-        await lab.close()
-        cleanup(prefix)
-    assert prefix not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    assert not list(NETNS_ETC_DIR.glob(f"{prefix}*")) if NETNS_ETC_DIR.is_dir() else True
+    assert netns_leftovers(prefix, links=False) == []
 
 
 async def set_policies(env: NetnsLab, wanted: list[dict]) -> None:
@@ -272,8 +214,7 @@ async def test_pod_to_pod_traffic_follows_the_matrix(netns_lab):
         assert all(await asyncio.gather(*(env.node_curl(d) for d in PODS))), title
     # and the readiness probes kept every pod Ready
     snap = env.registry.store.snapshot()
-    assert all(any(c["type"] == "Ready" and c["status"] == "True" for c in snap.get("Pod", *k.split("/"))["status"]["conditions"])
-               for k in PODS)
+    assert all(is_ready(snap.get("Pod", *k.split("/"))) for k in PODS)
 
 
 async def measure(env: NetnsLab, src: str, dst: str, want: str, change: Any) -> float:
@@ -334,9 +275,8 @@ async def test_a_new_pod_starts_with_its_policy_in_force(netns_lab):
     c["spec"]["containers"][0].update(command=["/bin/sh", "-c", script], ports=[])
     del c["spec"]["containers"][0]["readinessProbe"]
     await env.registry.apply([c])
-    async with asyncio.timeout(20):
-        while b"FIRST=" not in (env.lab.runtime.read_log("x", "c") or b""):
-            await asyncio.sleep(0.05)
+    await wait_until(lambda: b"FIRST=" in (env.lab.runtime.read_log("x", "c") or b""), timeout=20,
+                     what="x/c's first connection in its log", interval=0.05)
     log = env.lab.runtime.read_log("x", "c").decode()
     assert log.split() == ["2", "FIRST=000"], log  # both reject rules were there; refused (open would say 200)
     assert await env.curl("x/a", "y/a")  # x/a is not selected: still open

@@ -1,38 +1,25 @@
 """``kubelab logs | exec | wait`` against a running lab (registry, controllers, runtime)."""
 
-import asyncio
 import ipaddress
 import os
-import sys
-from pathlib import Path
 
 import pytest
 
 from kubelab.controller.config import LabConfig
-
-KUBELAB = str(Path(sys.executable).with_name("kubelab"))
+from tests.helpers import KUBELAB, pod_status, run_command, started_lab, wait_until
 
 
 @pytest.fixture
 async def lab(tmp_path):
-    from kubelab.controller.lab import Lab
-
     config = LabConfig(api_addr=("127.0.0.1", 0), pod_cidr=ipaddress.ip_network("127.55.8.0/24"),
                        state_dir=tmp_path / "state", disabled=frozenset({"dns", "proxy"}))
-    lab = Lab(config)
-    where = await lab.start()
-    lab.env = {**os.environ, "KUBELAB_SERVER": where.api, "KUBELAB_STATE_DIR": str(tmp_path / "state")}
-    try:
+    async with started_lab(config) as lab:
+        lab.env = {**os.environ, "KUBELAB_SERVER": lab.listening.api, "KUBELAB_STATE_DIR": str(tmp_path / "state")}
         yield lab
-    finally:
-        await lab.close()
 
 
 async def kubelab(lab, *args, stdin=None):
-    p = await asyncio.create_subprocess_exec(KUBELAB, *args, env=lab.env, stdin=asyncio.subprocess.PIPE,
-                                             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(p.communicate(stdin), 60)
-    return p.returncode, out.decode(), err.decode()
+    return await run_command(KUBELAB, *args, env=lab.env, stdin=stdin, timeout=60)
 
 
 POD = """
@@ -82,9 +69,8 @@ async def test_errors_are_one_line(lab):
     assert rc == 1 and "simulated" in err
     await lab.registry.create({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "nginx"},
                                "spec": {"containers": [{"name": "nginx", "image": "nginx"}]}})
-    async with asyncio.timeout(10):
-        while not lab.registry.store.snapshot().get("Pod", "default", "nginx")["status"].get("containerStatuses"):
-            await asyncio.sleep(0.02)
+    await wait_until(lambda: pod_status(lab.registry, "nginx").get("containerStatuses"), timeout=10,
+                     what="nginx's container statuses", interval=0.02)
     rc, _, err = await kubelab(lab, "logs", "nginx")
     assert rc == 1 and err == ('Error from server (BadRequest): container "nginx" in pod "nginx" is waiting to '
                                'start: ErrImagePull\n')

@@ -7,11 +7,9 @@ import itertools
 import aiohttp
 import pytest
 
-from kubelab.controller.admission import Admission
 from kubelab.controller.config import LabConfig
-from kubelab.controller.registry import Registry
-from kubelab.controller.store import MemoryStore
 from kubelab.runtime.manager import PodRuntime, RuntimeConfig
+from tests.helpers import is_ready, memory_registry
 
 _subnets = itertools.count(16)
 
@@ -21,16 +19,16 @@ async def lab(tmp_path):
     """A registry plus a runtime whose pods live in their own 127.55.N.0/24."""
     cidr = f"127.55.{next(_subnets)}.0/24"
     config = LabConfig(pod_cidr=ipaddress.ip_network(cidr), state_dir=None)
-    registry = Registry(MemoryStore(), Admission(config))
-    await registry.start()
-    rt_config = RuntimeConfig(pod_cidr=cidr, log_dir=tmp_path / "pods", backoff_base=0.05, backoff_cap=0.2,
-                              max_grace=2, shutdown_grace=1)
-    runtime = PodRuntime(registry, config, rt_config)
-    await runtime.start()
-    lab = Lab(registry, runtime, config, rt_config)
-    yield lab
-    await lab.runtime.close()
-    await registry.store.close()
+    async with memory_registry(config) as registry:
+        rt_config = RuntimeConfig(pod_cidr=cidr, log_dir=tmp_path / "pods", backoff_base=0.05, backoff_cap=0.2,
+                                  max_grace=2, shutdown_grace=1)
+        runtime = PodRuntime(registry, config, rt_config)
+        await runtime.start()
+        lab = Lab(registry, runtime, config, rt_config)
+        try:
+            yield lab
+        finally:
+            await lab.runtime.close()
 
 
 class Lab:
@@ -58,11 +56,6 @@ class Lab:
         await self.runtime.start()
 
 
-def ready(pod):
-    return pod is not None and any(c["type"] == "Ready" and c["status"] == "True"
-                                   for c in pod.get("status", {}).get("conditions", []))
-
-
 def echo_pod(name, port=8080, labels=None, **container):
     c = {"name": "echo", "image": "kubelab/echo", "ports": [{"name": "http", "containerPort": port}],
          "readinessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 1}}
@@ -79,7 +72,7 @@ async def get(url):
 
 async def test_echo_pod_runs_gets_an_ip_and_becomes_ready(lab):
     await lab.registry.create(echo_pod("web-0"))
-    pod = await lab.wait_pod("web-0", ready)
+    pod = await lab.wait_pod("web-0", is_ready)
     st = pod["status"]
     ip = st["podIP"]
     assert ipaddress.ip_address(ip) in lab.config.pod_cidr
@@ -114,7 +107,7 @@ async def test_unknown_image_is_err_image_pull(lab):
     pod = await lab.wait_pod("nginx", lambda p: p["status"].get("containerStatuses"))
     waiting = pod["status"]["containerStatuses"][0]["state"]["waiting"]
     assert waiting["reason"] == "ErrImagePull" and 'image "nginx:1.27"' in waiting["message"]
-    assert pod["status"]["phase"] == "Pending" and not ready(pod)
+    assert pod["status"]["phase"] == "Pending" and not is_ready(pod)
     assert lab.runtime.ready  # the runtime keeps running
 
 
@@ -140,20 +133,20 @@ async def test_crash_loop_shows_back_off_and_restart_count(lab):
 async def test_readiness_flip_and_liveness_restart(lab):
     await lab.registry.create(echo_pod("flip", livenessProbe={
         "httpGet": {"path": "/healthz", "port": 8080}, "periodSeconds": 1, "failureThreshold": 2}))
-    pod = await lab.wait_pod("flip", ready)
+    pod = await lab.wait_pod("flip", is_ready)
     ip = pod["status"]["podIP"]
     await get(f"http://{ip}:8080/sethealth?ok=0")
-    pod = await lab.wait_pod("flip", lambda p: not ready(p))
+    pod = await lab.wait_pod("flip", lambda p: not is_ready(p))
     assert pod["status"]["conditions"][2]["reason"] == "ContainersNotReady"
     # liveness fails too: the container is killed and restarted, healthy again
-    pod = await lab.wait_pod("flip", lambda p: ready(p) and p["status"]["containerStatuses"][0]["restartCount"] == 1,
+    pod = await lab.wait_pod("flip", lambda p: is_ready(p) and p["status"]["containerStatuses"][0]["restartCount"] == 1,
                              timeout=15)
     assert pod["status"]["podIP"] == ip  # a container restart keeps the pod's IP
 
 
 async def test_graceful_delete_marks_terminating_then_removes(lab):
     await lab.registry.create(echo_pod("bye"))
-    await lab.wait_pod("bye", ready)
+    await lab.wait_pod("bye", is_ready)
     marked = await lab.registry.delete("Pod", "default", "bye")
     assert marked["metadata"]["deletionTimestamp"] and marked["metadata"]["deletionGracePeriodSeconds"] == 5
     assert await lab.wait_pod("bye", lambda p: p is None) is None
@@ -165,7 +158,7 @@ async def test_simulated_pods_are_left_alone(lab):
                                "spec": {"containers": [{"name": "c", "image": "nginx"}]},
                                "status": {"podIP": "10.1.2.3"}})
     await lab.registry.create(echo_pod("real"))
-    await lab.wait_pod("real", ready)
+    await lab.wait_pod("real", is_ready)
     assert "default/sim" not in lab.runtime.pods
     assert lab.pod("sim")["status"]["podIP"] == "10.1.2.3"
     await lab.registry.delete("Pod", "default", "sim")  # no hook for simulated pods: gone at once
@@ -175,14 +168,15 @@ async def test_simulated_pods_are_left_alone(lab):
 async def test_runtime_restart_keeps_pod_ips(lab):
     for name in ("a", "b"):
         await lab.registry.create(echo_pod(name))
-    ips = {n: (await lab.wait_pod(n, ready))["status"]["podIP"] for n in ("a", "b")}
+    ips = {n: (await lab.wait_pod(n, is_ready))["status"]["podIP"] for n in ("a", "b")}
     await lab.restart_runtime()
     for n in ("a", "b"):
-        pod = await lab.wait_pod(n, lambda p, n=n: ready(p) and p["status"]["containerStatuses"][0].get("containerID")
+        pod = await lab.wait_pod(n, lambda p, n=n: is_ready(p)
+                                 and p["status"]["containerStatuses"][0].get("containerID")
                                  and lab.runtime.pods.get(f"default/{n}") is not None)
         assert pod["status"]["podIP"] == ips[n]
     await lab.registry.create(echo_pod("c"))
-    c_ip = (await lab.wait_pod("c", ready))["status"]["podIP"]
+    c_ip = (await lab.wait_pod("c", is_ready))["status"]["podIP"]
     assert c_ip not in ips.values()
 
 
@@ -193,7 +187,7 @@ async def test_pods_in_other_namespaces_and_sidecars(lab):
     pod["spec"]["containers"].append({"name": "sidecar", "image": "kubelab/echo", "args": ["--port", "9090"],
                                       "readinessProbe": {"tcpSocket": {"port": 9090}, "periodSeconds": 1}})
     await lab.registry.create(pod)
-    pod = await lab.wait_pod("two", ready, ns="shop")
+    pod = await lab.wait_pod("two", is_ready, ns="shop")
     ip = pod["status"]["podIP"]
     assert len(pod["status"]["containerStatuses"]) == 2
     assert await get(f"http://{ip}:8080/") == (200, "two\n")
@@ -212,7 +206,7 @@ async def test_startup_probe_gates_readiness_and_never_policy_fails(lab, tmp_pat
     cs = pod["status"]["containerStatuses"][0]
     assert not cs["started"] and not cs["ready"]  # running, but the startup probe has not passed
     flag.touch()
-    pod = await lab.wait_pod("slow", ready)
+    pod = await lab.wait_pod("slow", is_ready)
     assert pod["status"]["containerStatuses"][0]["started"]
 
     await lab.registry.create({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "once"}, "spec": {

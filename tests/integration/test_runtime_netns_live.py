@@ -6,80 +6,51 @@ removed afterwards (the test checks that nothing is left behind).
 
 import asyncio
 import ipaddress
-import json
-import os
-import random
 import subprocess
 import sys
 
 import pytest
 
-from kubelab.runtime.netns import NETNS_ETC_DIR, NetnsConfig, cleanup, supported
+from kubelab.runtime.netns import NETNS_ETC_DIR, NetnsConfig, cleanup
+from tests.helpers import free_octet, is_ready, memory_registry, netns_leftovers, netns_prefix, require_netns
+from tests.helpers import wait_until
 
 pytestmark = pytest.mark.e2e
-
-ok, why = supported()
-if not ok:
-    pytest.skip(why, allow_module_level=True)
-
-
-def free_subnet() -> ipaddress.IPv4Network:
-    routes = subprocess.run(["ip", "-j", "route", "show", "table", "all"], capture_output=True, text=True).stdout
-    used = [r.get("dst", "") for r in json.loads(routes or "[]")]
-    for _ in range(50):
-        net = ipaddress.ip_network(f"10.254.{random.randint(1, 254)}.0/24")
-        if not any(d.startswith(str(net.network_address)[:-1]) for d in used):
-            return net
-    pytest.skip("no free 10.254.x.0/24 for the test bridge")
-
-
-def leftovers(prefix: str) -> list[str]:
-    out = []
-    ns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    out += [line for line in ns.splitlines() if line.startswith(prefix)]
-    links = json.loads(subprocess.run(["ip", "-j", "link", "show"], capture_output=True, text=True).stdout or "[]")
-    out += [link["ifname"] for link in links if link["ifname"].startswith(prefix)]
-    if NETNS_ETC_DIR.is_dir():
-        out += [d.name for d in NETNS_ETC_DIR.iterdir() if d.name.startswith(prefix)]
-    return out
+require_netns()
 
 
 @pytest.fixture
 async def netns_lab(tmp_path):
-    from kubelab.controller.admission import Admission
     from kubelab.controller.config import LabConfig
-    from kubelab.controller.registry import Registry
-    from kubelab.controller.store import MemoryStore
     from kubelab.runtime.manager import PodRuntime, RuntimeConfig
 
-    prefix = f"kl-t{os.getpid() % 10000:04d}-"
-    net = free_subnet()
-    svc_net = ipaddress.ip_network(f"10.253.{net.network_address.packed[2]}.0/24")
+    prefix = netns_prefix("kl-t")
+    x = free_octet(253, 254)
+    net = ipaddress.ip_network(f"10.254.{x}.0/24")
+    svc_net = ipaddress.ip_network(f"10.253.{x}.0/24")
     config = LabConfig(pod_cidr=net, service_cidrs=(svc_net,), state_dir=None)
-    registry = Registry(MemoryStore(), Admission(config))
-    await registry.start()
     ncfg = NetnsConfig(pod_cidr=net, dns_ip=str(svc_net.network_address + 10), prefix=prefix,
                        local_cidrs=(str(svc_net),))
     rcfg = RuntimeConfig(mode="netns", pod_cidr=str(net), host_ip=str(net.network_address + 1),
                          log_dir=tmp_path / "pods", max_grace=2, shutdown_grace=1, netns=ncfg)
-    runtime = PodRuntime(registry, config, rcfg)
     try:
-        await runtime.start()
-        yield registry, runtime, prefix, net, svc_net
+        async with memory_registry(config) as registry:
+            runtime = PodRuntime(registry, config, rcfg)
+            try:
+                await runtime.start()
+                yield registry, runtime, prefix, net, svc_net
+            finally:
+                await runtime.close()
     finally:
-        await runtime.close()
-        await registry.store.close()
         cleanup(prefix)
 
 
 async def wait_ready(registry, name, timeout=15):
-    async with asyncio.timeout(timeout):
-        while True:
-            pod = registry.store.snapshot().get("Pod", "default", name)
-            conds = (pod or {}).get("status", {}).get("conditions", [])
-            if any(c["type"] == "Ready" and c["status"] == "True" for c in conds):
-                return pod
-            await asyncio.sleep(0.05)
+    def ready_pod():
+        pod = registry.store.snapshot().get("Pod", "default", name)
+        return pod if is_ready(pod) else None
+
+    return await wait_until(ready_pod, timeout, f"pod default/{name} Ready", interval=0.05)
 
 
 def echo_pod(name, **spec):
@@ -159,9 +130,9 @@ async def test_close_and_crash_cleanup_leave_nothing(netns_lab):
     registry, runtime, prefix, _, svc_net = netns_lab
     await registry.create(echo_pod("a"))
     await wait_ready(registry, "a")
-    assert leftovers(prefix)
+    assert netns_leftovers(prefix)
     await runtime.close()  # the fixture closes again: close is idempotent
-    assert leftovers(prefix) == []
+    assert netns_leftovers(prefix) == []
     routes = subprocess.run(["ip", "route", "show", "table", "local", "proto", "252"], capture_output=True,
                             text=True).stdout
     assert str(svc_net) not in routes
@@ -170,7 +141,7 @@ async def test_close_and_crash_cleanup_leave_nothing(netns_lab):
     subprocess.run(["ip", "link", "add", f"{prefix}br0", "type", "bridge"], check=True)
     (NETNS_ETC_DIR / f"{prefix}crashed_pod").mkdir(parents=True, exist_ok=True)
     removed = cleanup(prefix)
-    assert f"netns {prefix}crashed_pod" in removed and leftovers(prefix) == []
+    assert f"netns {prefix}crashed_pod" in removed and netns_leftovers(prefix) == []
 
 
 def test_kubelab_down_removes_leftovers(capsys):
@@ -178,14 +149,14 @@ def test_kubelab_down_removes_leftovers(capsys):
 
     from kubelab.runtime.cli import cmd_down
 
-    prefix = f"kl-d{os.getpid() % 10000:04d}-"
+    prefix = netns_prefix("kl-d")
     subprocess.run(["ip", "netns", "add", f"{prefix}default_p"], check=True)
     subprocess.run(["ip", "link", "add", f"{prefix}br0", "type", "bridge"], check=True)
     try:
         assert cmd_down(argparse.Namespace(prefix=prefix)) == 0
         out = capsys.readouterr().out
         assert f"removed netns {prefix}default_p\n" in out and f"removed link {prefix}br0\n" in out
-        assert leftovers(prefix) == []
+        assert netns_leftovers(prefix) == []
         assert cmd_down(argparse.Namespace(prefix=prefix)) == 0
         assert capsys.readouterr().out == "nothing to clean up\n"
     finally:

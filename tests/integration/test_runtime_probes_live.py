@@ -6,6 +6,7 @@ import pytest
 
 from kubelab.runtime.echo import EchoConfig, EchoServer
 from kubelab.runtime.probes import CheckTarget, ProbeSpec, ProbeWorker, check
+from tests.helpers import close_writer, free_port
 
 HOST = "127.55.2.1"
 
@@ -22,19 +23,10 @@ def tcp_port(server):
     return server.addresses[0][2]
 
 
-async def free_port():
-    """A port on HOST that nothing listens on (bound, then closed)."""
-    srv = await asyncio.start_server(lambda r, w: None, HOST, 0)
-    p = srv.sockets[0].getsockname()[1]
-    srv.close()
-    await srv.wait_closed()
-    return p
-
-
 async def test_tcp_probe(echo):
     target = CheckTarget(HOST)
     assert (await check(ProbeSpec("tcpSocket", port=tcp_port(echo)), target))[0]
-    ok, msg = await check(ProbeSpec("tcpSocket", port=await free_port()), target)
+    ok, msg = await check(ProbeSpec("tcpSocket", port=free_port(HOST)), target)
     assert not ok and "tcpSocket probe failed" in msg
 
 
@@ -82,11 +74,7 @@ async def test_probe_timeout():
         srv.close()
         await srv.wait_closed()
         for w in writers:
-            w.close()
-            try:
-                await w.wait_closed()
-            except OSError:
-                pass
+            await close_writer(w)
 
 
 async def test_worker_reports_flips_only(echo):

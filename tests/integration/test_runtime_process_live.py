@@ -5,6 +5,7 @@ import os
 import time
 
 from kubelab.runtime.process import ContainerEvent, ProcessSpec, RestartConfig, Supervisor, base_env
+from tests.helpers import wait_until
 
 
 class Recorder:
@@ -88,20 +89,21 @@ async def test_graceful_stop_sigterm_then_sigkill(tmp_path):
     sup.start()
     await rec.wait_for(lambda evs: "started" in [e.kind for e in evs])
     log = tmp_path / "logs" / "0.log"
-    async with asyncio.timeout(5):
-        while "started" not in log.read_text():
-            await asyncio.sleep(0.01)
+    await wait_until(lambda: "started" in log.read_text(), timeout=5, what="'started' in the log")
     pid = sup.pid
     t0 = time.monotonic()
     await sup.stop(0.3)
     assert 0.25 < time.monotonic() - t0 < 5
-    async with asyncio.timeout(5):  # the whole group is gone (once init reaps the orphaned child)
-        while True:
-            try:
-                os.killpg(pid, 0)
-            except ProcessLookupError:
-                break
-            await asyncio.sleep(0.02)
+
+    def group_gone() -> bool:
+        try:
+            os.killpg(pid, 0)
+        except ProcessLookupError:
+            return True
+        return False
+
+    # the whole group is gone (once init reaps the orphaned child)
+    await wait_until(group_gone, timeout=5, what=f"process group {pid} gone", interval=0.02)
     assert "started" in rec.kinds() and rec.kinds().count("started") == 1  # no restart after stop
 
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from pathlib import Path
 
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers import ROOT
+
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]
 NET = COMPOSE["networks"]["lab"]["ipam"]["config"][0]

@@ -18,7 +18,7 @@ import pytest
 from kubelab.controller.netpol import Cluster, build_policy_table, evaluate, validate_network_policy
 from kubelab.controller.netpol_cli import endpoints, write_tables
 from kubelab.proxy.policy import PolicyTable
-from tests.helpers import load_netpol_cases, netpol_topology
+from tests.helpers import load_netpol_cases, netpol_cluster, netpol_topology
 
 DATA = load_netpol_cases()
 CASES = {c["id"]: c for c in DATA["cases"]}
@@ -30,9 +30,7 @@ def case_objects(case: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def cluster_for(case: dict[str, Any]) -> Cluster:
-    objs = case_objects(case)
-    by = lambda k: [o for o in objs if o["kind"] == k]  # noqa: E731
-    return Cluster(by("Namespace"), by("Node"), by("Pod"), by("NetworkPolicy"))
+    return netpol_cluster(DATA, case)
 
 
 def ip_of(cluster: Cluster, name: str) -> str:

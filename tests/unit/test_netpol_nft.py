@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 from kubelab.controller.netpol import build_policy_table
 from kubelab.controller.netpol_nft import pod_ruleset, rulesets
 from kubelab.proxy.policy import Acl, AclEntry, IPBlock, PodRules, PolicyTable
-
-sys.path.insert(0, str(Path(__file__).parent))
-from test_netpol_cases import CASES, cluster_for  # noqa: E402
+from tests.helpers import load_netpol_cases, netpol_cluster
 
 
 def table_with(ingress: Acl | None = None, egress: Acl | None = None) -> PolicyTable:
@@ -80,7 +75,9 @@ def test_empty_peer_set_never_matches():
 
 
 def test_rulesets_cover_every_pod_of_a_case():
-    table = build_policy_table(cluster_for(CASES["deny-all-egress-x"]))
+    data = load_netpol_cases()
+    case = next(c for c in data["cases"] if c["id"] == "deny-all-egress-x")
+    table = build_policy_table(netpol_cluster(data, case))
     out = rulesets(table)
     assert sorted(out) == [f"{n}/{p}" for n in "xyz" for p in "abc"]
     assert "chain egress" in out["x/a"] and "chain ingress" not in out["x/a"]

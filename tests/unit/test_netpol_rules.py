@@ -19,6 +19,7 @@ from kubelab.controller.netpol import (
     selector_matches,
     validate_network_policy,
 )
+from tests.helpers import namespace, node
 
 NODE_IP = "172.18.0.2"
 OTHER_NODE_IP = "172.18.0.3"
@@ -26,11 +27,7 @@ EXTERNAL = "192.0.2.10"
 
 
 def ns(name: str, **labels: str) -> dict[str, Any]:
-    return {"kind": "Namespace", "metadata": {"name": name, "labels": labels}}
-
-
-def node(name: str, ip: str) -> dict[str, Any]:
-    return {"kind": "Node", "metadata": {"name": name}, "status": {"addresses": [{"type": "InternalIP", "address": ip}]}}
+    return namespace(name, labels)
 
 
 def pod(
