@@ -15,7 +15,8 @@ Inputs (kubernetes semantics):
 * zone: every Service (ClusterIPs, headless, ExternalName, ports) with the endpoints
   of the EndpointSlices labelled ``kubernetes.io/service-name`` (controller-made or
   user-made, as for selector-less services), each with its ready flag, hostname and
-  resolved ports; every pod address (not for terminal pods).
+  resolved ports; the primary address per family of every pod that is neither
+  terminal nor terminating; the names of all Namespaces.
 * routes: for each Service port (TCP/UDP) a frontend on every ClusterIP, on every node
   address for its NodePort (Node ``InternalIP``s, else ``config.node_ip``), on every
   LoadBalancer ingress IP and external IP; backends from the slices of the frontend's
@@ -35,7 +36,7 @@ import logging
 from typing import Any, Callable, Iterable, Mapping
 
 from kubelab.controller.config import LabConfig
-from kubelab.controller.endpointslices import SERVICE_NAME_LABEL, pod_ips
+from kubelab.controller.endpointslices import SERVICE_NAME_LABEL
 from kubelab.dns import zone as z
 from kubelab.proxy.policy import PolicyTable
 from kubelab.proxy.table import Backend, Frontend, Route, RouteTable
@@ -111,13 +112,42 @@ def zone_service(svc: Mapping[str, Any], slices: Iterable[Mapping[str, Any]]) ->
     return z.Service(ns, name, cluster_ips=ips, headless=headless, ports=ports, endpoints=tuple(endpoints))
 
 
+def primary_pod_ips(pod: Mapping[str, Any]) -> tuple[str, ...]:
+    """The pod's primary address of each family: ``status.podIP`` first, then the first
+    entry of the other family in ``status.podIPs`` (dns-spec F2 publishes the primary
+    podIP only; a dual-stack pod also gets its IPv6 label). Extra addresses of a family
+    already covered (admission may accept them) are not published."""
+    status = pod.get("status") or {}
+    seen: dict[int, str] = {}
+    candidates = [status.get("podIP")]
+    candidates.extend(e.get("ip") if isinstance(e, dict) else e for e in status.get("podIPs") or ())
+    for ip in candidates:
+        if isinstance(ip, str) and ip:
+            fam = _family(ip)
+            if fam and fam not in seen:
+                seen[fam] = ip
+    return tuple(seen[f] for f in sorted(seen))
+
+
 def zone_pods(pod: Mapping[str, Any]) -> tuple[z.Pod, ...]:
-    """The pod's addresses for pod A records (sorted by IP); none for terminal pods."""
-    if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
-        return ()
+    """The pod's addresses for pod A/AAAA records (sorted by IP).
+
+    None for terminal pods (Succeeded/Failed) and for terminating pods
+    (``metadata.deletionTimestamp`` set): CoreDNS's ``object/pod.go`` drops those, so
+    ``verified`` mode answers NXDOMAIN for them (dns-spec F2, case pod-terminating-nxdomain).
+    """
     meta = _meta(pod)
+    if meta.get("deletionTimestamp") or (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+        return ()
     ns, name = meta.get("namespace") or "", meta.get("name") or ""
-    return tuple(z.Pod(ns, name, ip) for ip in sorted(set(pod_ips(pod))))
+    return tuple(z.Pod(ns, name, ip) for ip in sorted(primary_pod_ips(pod)))
+
+
+def zone_namespaces(snap: Any) -> tuple[str, ...]:
+    """Names of the Namespace objects, sorted: ``<ns>.svc``/``<ns>.pod`` exist for them
+    (NODATA, not NXDOMAIN) even with no Service or Pod in them (dns-spec A8/F6, CoreDNS
+    ``namespace.go``). A terminating namespace still exists until it is removed."""
+    return tuple(sorted({_meta(n).get("name") or "" for n in snap.list("Namespace")} - {""}))
 
 
 def desired_zone(snap: Any, config: LabConfig, generation: int) -> z.ZoneData:
@@ -133,7 +163,8 @@ def desired_zone(snap: Any, config: LabConfig, generation: int) -> z.ZoneData:
     for pod in snap.list("Pod"):
         pods.extend(zone_pods(pod))
     pods.sort(key=lambda p: (p.namespace, p.name, p.ip))
-    return z.ZoneData(generation=generation, services=dict(sorted(services.items())), pods=tuple(pods))
+    return z.ZoneData(generation=generation, services=dict(sorted(services.items())), pods=tuple(pods),
+                      namespaces=zone_namespaces(snap))
 
 
 # --------------------------------------------------------------------------- routes
@@ -308,6 +339,7 @@ class DesiredCache:
             self._claims: dict[Frontend, int] = {}
             self._merged: dict[Frontend, Route] = {}
             self._nodes: tuple[str, ...] = ()
+            self._namespaces: tuple[str, ...] = ()
 
     # -- change notes (cheap; called per watch event) --
 
@@ -387,6 +419,13 @@ class DesiredCache:
             if pods_changed:
                 self._pods_tuple = self._flat_pods()
                 zone_changed = True
+        # Namespaces are few and the manager does not name them as changed: re-read them
+        # on every update (a sorted list of ~100 names), so adding or removing an empty
+        # namespace flips <ns>.svc between NODATA and NXDOMAIN.
+        namespaces = zone_namespaces(snap)
+        if namespaces != self._namespaces:
+            self._namespaces = namespaces
+            zone_changed = True
         self._full = False
         self._nodes_dirty = False
         self._dirty_services, self._dirty_slices, self._dirty_pods = set(), set(), set()
@@ -471,7 +510,8 @@ class DesiredCache:
         return tuple(itertools.chain.from_iterable(pods[k] for k in self._pod_keys))
 
     def zone(self, generation: int) -> z.ZoneData:
-        return z.ZoneData(generation=generation, services=dict(self._services), pods=self._pods_tuple)
+        return z.ZoneData(generation=generation, services=dict(self._services), pods=self._pods_tuple,
+                          namespaces=self._namespaces)
 
     def routes(self, generation: int, policy: PolicyTable) -> RouteTable:
         return RouteTable(generation=generation, routes=dict(self._merged), policy=policy)

@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dns-service-ip", default=None)
     p.add_argument("--edns-udp-size", type=int, default=1232)
     p.add_argument("--zone-file", default=None, help="ZoneData JSON to serve at start")
+    p.add_argument("--no-udp-mmsg", dest="udp_mmsg", action="store_false",
+                   help="one recvfrom/sendto per datagram instead of recvmmsg/sendmmsg batches")
     p.add_argument("--log-level", default="INFO")
     return p
 
@@ -70,7 +72,7 @@ def config_from_args(args: argparse.Namespace) -> DnsConfig:
     return DnsConfig(zone=args.cluster_domain, ttl=args.ttl, pods_mode=args.pods_mode,
                      upstreams=parse_upstreams(args.upstream), addr=args.addr,
                      admin_addr=args.admin, dns_service_ip=args.dns_service_ip,
-                     edns_udp_size=args.edns_udp_size, gc_freeze=True, **kw)
+                     edns_udp_size=args.edns_udp_size, gc_freeze=True, udp_mmsg=args.udp_mmsg, **kw)
 
 
 async def serve(config: DnsConfig, zone_file: str | None, stop: asyncio.Event) -> None:

@@ -2,7 +2,7 @@
 
 Two paths share the same rules:
 
-* :meth:`Answerer.answer` is the hot path. It recognises the two common query shapes
+* ``Answerer.answer`` (the closure built by :func:`_hot_path`) is the hot path. It recognises the two common query shapes
   (no additional record, or one trailing OPT without options), looks the lowercased
   ``qname+qtype`` up in the table, and splices ID, RD and the client's question bytes
   (0x20 case echo) around the pre-packed body. A hit proves the question well-formed,
@@ -37,12 +37,10 @@ _STD0 = b"\x00\x01\x00\x00\x00\x00\x00\x00"  # QD=1 AN=0 NS=0 AR=0
 _STD1 = b"\x00\x01\x00\x00\x00\x00\x00\x01"  # ... AR=1 (an OPT)
 _OPT_TAIL = b"\x00\x00\x29"  # root owner + TYPE 41 at the start of the last 11 bytes
 _IN = b"\x00\x01"
-_ZERO2 = b"\x00\x00"
 _CNAME = wire.CNAME.to_bytes(2, "big")
 _join = b"".join
 _NEG_STATS = {r: tuple((0, t, r) for t in range(256)) for r in (0, 3)}  # no tuple per query
 _AR1 = tuple((i + 1).to_bytes(2, "big") for i in range(256))  # ARCOUNT + our OPT
-_RR_FIXED = struct.Struct(">HHIH")
 
 FORWARD_ZONE = -1  # stat "zone" index for forwarded / out-of-zone queries
 NO_ZONE = -2  # for errors before the zone is known
@@ -241,98 +239,21 @@ class Answerer:
     collector reads it at scrape time, so the hot path pays one dict increment.
     """
 
-    __slots__ = ("holder", "config", "udp", "counts", "forward_check")
+    __slots__ = ("holder", "config", "udp", "counts", "forward_check", "answer")
 
     def __init__(self, holder, udp: bool, forward_check) -> None:
         self.holder = holder  # .table (None before the first zone), .empty, .opt_plain, .opt_do
         self.config: DnsConfig = holder.config
         self.udp = udp
         self.counts: dict[tuple[int, int, int], int] = {}
-        self.forward_check = forward_check  # callable(client ip) -> bool
+        self.forward_check = forward_check  # callable(client) -> bool; client is what the transport passes
+        # answer(data, client) -> reply bytes, a Forward verdict, or None (drop): the
+        # closure from _hot_path, with the slow path below for everything unusual.
+        self.answer = _hot_path(self)
 
     def count(self, zone: int, qtype: int, rcode: int) -> None:
         stat = (zone, qtype, rcode)
         self.counts[stat] = self.counts.get(stat, 0) + 1
-
-    def answer(self, data: bytes, client: str) -> bytes | Forward | None:
-        """Reply bytes, a :class:`Forward` verdict, or None (drop)."""
-        table = self.holder.table
-        n = len(data)
-        if table is None or n < 17 or data[2] & 0xF8:
-            return self.slow(data, client)
-        # startswith/endswith with offsets: no slice objects on the hot path.
-        if data.startswith(_STD0, 4):
-            qend = n - 4  # the question name ends here, qtype follows
-            edns = 0
-            limit = 512
-            opt = b""
-        elif (data.startswith(_STD1, 4) and data.startswith(_OPT_TAIL, n - 11)
-              and data.endswith(_ZERO2) and not data[-5]):
-            qend = n - 15
-            edns = 2
-            limit = min(max(512, (data[-8] << 8) | data[-7]), self.config.edns_udp_size)
-            opt = self.holder.opt_do if data[-4] & 0x80 else self.holder.opt_plain
-        else:
-            return self.slow(data, client)
-        if not data.startswith(_IN, qend + 2):
-            return self.slow(data, client)
-        name = data[12:qend].lower()
-        qt = data[qend : qend + 2]
-        v = table.answers.get(name)
-        if v is not None:
-            # A hit proves the question well-formed: the key is a name we built.
-            if v.__class__ is dict:
-                v = v.get(qt)
-                if v is not None and v.__class__ is not bytes:
-                    v = v[0]  # (full, without additional): UDP may need the slow path
-            elif v.__class__ is not bytes:
-                v = v[0]
-            if v is not None and v.startswith(qt, 1):
-                if not data[2] & 1 or (self.udp and n + len(v) - 13 > limit) or v[11] or v[12] == 255:
-                    return self.slow(data, client)  # RD=0 (rare), or drop additional / truncate
-                stat = v[:5]  # zone, qtype, flags (rcode): decoded by metrics.py
-                counts = self.counts
-                counts[stat] = counts.get(stat, 0) + 1
-                if edns:
-                    return _join((data[:2], v[3:11], _AR1[v[12]], data[12 : qend + 4], v[13:], opt))
-                return _join((data[:2], v[3:13], data[12:], v[13:]))
-            if v is not None and v.startswith(_CNAME, 1):
-                return self.slow(data, client)  # ExternalName: CNAME processing
-            headers = table.nodata_headers
-            rcode = 0
-        else:
-            # Unknown name: NXDOMAIN if it is a well-formed name inside the cluster zone
-            # (search-path junk, random names) - no parse, no object per query.
-            if table.insecure_pods or name in table.pods:
-                return self.slow(data, client)
-            headers = table.nxdomain_headers
-            rcode = 3
-        zone = table.zones[0]
-        zw = zone.wire
-        if qt[0] or qt[1] >= 251 or not name.endswith(zw):
-            return self.slow(data, client)  # reverse zones, ANY/AXFR/IXFR, out of zone
-        off = qend - len(zw)
-        if v is None and rcode == 3:
-            if qend - 12 > 255:
-                return self.slow(data, client)  # over-long name: FORMERR there
-            i = 12
-            hit = False
-            while i < qend:
-                if i == off:
-                    hit = True
-                ln = data[i]
-                if ln > 63:
-                    return self.slow(data, client)
-                i += ln + 1
-                if ln == 0:
-                    break
-            if i != qend or not hit:
-                return self.slow(data, client)
-        stat = _NEG_STATS[rcode][qt[1]]
-        counts = self.counts
-        counts[stat] = counts.get(stat, 0) + 1
-        return _join((data[:2], headers[edns | (data[2] & 1)], data[12 : qend + 4],
-                      (0xC000 | off).to_bytes(2, "big"), zone.soa_tail, opt))
 
     def slow(self, data: bytes, client: str) -> bytes | Forward | None:
         q = wire.parse_query(data)
@@ -352,3 +273,108 @@ class Answerer:
         stat = (zone, q.qtype, rcode)
         counts[stat] = counts.get(stat, 0) + 1
         return reply
+
+
+def _hot_path(a: "Answerer"):
+    """The per-query fast path for one :class:`Answerer`, as a closure.
+
+    Everything constant for the transport (holder, counters, EDNS size, OPT records,
+    UDP or not) is a closure variable, so a query pays local loads instead of
+    attribute lookups (~10% of the Python time per query here). The common shapes:
+    no additional record, or one trailing OPT without options; the lowercased qname
+    is looked up in the table and the ID, RD and the client's question bytes (0x20
+    case echo) are spliced around the pre-packed body. A hit proves the question
+    well-formed, because the key is a name we built.
+    """
+    holder = a.holder
+    counts = a.counts
+    slow = a.slow
+    udp = a.udp
+    edns_max = a.config.edns_udp_size
+    opt_plain, opt_do = holder.opt_plain, holder.opt_do
+    join = _join
+    std0, std1, opt_tail, cname, ar1, neg_stats = _STD0, _STD1, _OPT_TAIL, _CNAME, _AR1, _NEG_STATS
+
+    def answer(data: bytes, client) -> bytes | Forward | None:
+        table = holder.table
+        n = len(data)
+        if table is None or n < 17 or data[2] & 0xF8:
+            return slow(data, client)
+        # Comparisons on short slices and single bytes: cheaper than startswith with
+        # offsets (argument parsing dominates for 2-8 byte needles).
+        hdr = data[4:12]
+        if hdr == std0:
+            qend = n - 4  # the question name ends here, qtype follows
+            edns = 0
+            limit = 512
+            opt = b""
+        elif (hdr == std1 and data[n - 11 : n - 8] == opt_tail and not data[n - 2] and not data[n - 1]
+              and not data[n - 5]):
+            qend = n - 15
+            edns = 2
+            limit = (data[n - 8] << 8) | data[n - 7]
+            limit = 512 if limit < 512 else (edns_max if limit > edns_max else limit)
+            opt = opt_do if data[n - 4] & 0x80 else opt_plain
+        else:
+            return slow(data, client)
+        if data[qend + 2] or data[qend + 3] != 1:
+            return slow(data, client)  # class other than IN
+        name = data[12:qend].lower()
+        qt = data[qend : qend + 2]
+        v = table.answers.get(name)
+        if v is not None:
+            if v.__class__ is dict:
+                t = v.get(qt)  # keyed by qtype: no need to compare it again
+                if t is not None and t.__class__ is not bytes:
+                    t = t[0]  # (full, without additional): UDP may need the slow path
+            else:
+                t = v if v.__class__ is bytes else v[0]
+                tq = t[1:3]
+                if tq != qt:
+                    if tq == cname:
+                        return slow(data, client)  # ExternalName: CNAME processing
+                    t = None
+            if t is not None:
+                if not data[2] & 1 or (udp and n + len(t) - 13 > limit) or t[11] or t[12] == 255:
+                    return slow(data, client)  # RD=0 (rare), or drop additional / truncate
+                stat = t[:5]  # zone, qtype, flags (rcode): decoded by metrics.py
+                counts[stat] = counts.get(stat, 0) + 1
+                if edns:
+                    return join((data[:2], t[3:11], ar1[t[12]], data[12 : qend + 4], t[13:], opt))
+                return join((data[:2], t[3:13], data[12:], t[13:]))
+            headers = table.nodata_headers
+            rcode = 0
+        else:
+            # Unknown name: NXDOMAIN if it is a well-formed name inside the cluster zone
+            # (search-path junk, random names) - no parse, no object per query.
+            if table.insecure_pods or (name.endswith(table.pod_suffix) and name in table.pods):
+                return slow(data, client)
+            headers = table.nxdomain_headers
+            rcode = 3
+        zone = table.zones[0]
+        zw = zone.wire
+        if qt[0] or qt[1] >= 251 or not name.endswith(zw):
+            return slow(data, client)  # reverse zones, ANY/AXFR/IXFR, out of zone
+        off = qend - len(zw)
+        if v is None:
+            if qend - 12 > 255:
+                return slow(data, client)  # over-long name: FORMERR there
+            i = 12
+            hit = False
+            while i < qend:
+                if i == off:
+                    hit = True
+                ln = data[i]
+                if ln > 63:
+                    return slow(data, client)
+                i += ln + 1
+                if ln == 0:
+                    break
+            if i != qend or not hit:
+                return slow(data, client)
+        stat = neg_stats[rcode][qt[1]]
+        counts[stat] = counts.get(stat, 0) + 1
+        return join((data[:2], headers[edns | (data[2] & 1)], data[12 : qend + 4],
+                     (0xC000 | off).to_bytes(2, "big"), zone.soa_tail, opt))
+
+    return answer

@@ -149,6 +149,9 @@ class DnsConfig:
     # of the cyclic GC's full passes (p99 18 ms -> <1 ms at 50k pods). Process-wide, so
     # only entry points turn it on (kubelab-dns does).
     gc_freeze: bool = False
+    # UDP through recvmmsg/sendmmsg (dns/udpbatch.py) where available; False = one
+    # recvfrom/sendto per datagram (the portable path, also used off Linux).
+    udp_mmsg: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "zone", normalize_zone(self.zone))

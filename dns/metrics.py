@@ -68,6 +68,15 @@ class Latency:
             return
         self.observe_count(seconds)
 
+    def observe_many(self, seconds: float, n: int) -> None:
+        """``n`` queries that each took ``seconds`` (a batch answered together)."""
+        self.sum += seconds * n
+        for i, b in enumerate(BUCKETS):
+            if seconds <= b:
+                self.counts[i] += n
+                return
+        self.counts[-1] += n
+
     def observe_count(self, seconds: float) -> None:
         """Bucket only (the caller added to ``sum``): the slow branch of the hot path."""
         for i, b in enumerate(BUCKETS):

@@ -194,6 +194,13 @@ def p99_at(addr, qfile: Path, rate: int, seconds: float) -> dict:
     return {"p50": lat[len(lat) // 2], "p99": lat[int(len(lat) * 0.99)], "n": len(lat)}
 
 
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds the process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    tck = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tck, int(fields[12]) / tck
+
+
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -236,6 +243,7 @@ def main() -> int:
     ap.add_argument("--unique", type=int, default=3_000_000)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--no-udp-mmsg", action="store_true", help="run kubelab-dns without recvmmsg/sendmmsg")
     args = ap.parse_args()
     for tool in ("dnsperf", "knotd"):
         if shutil.which(tool) is None and not Path("/usr/sbin/" + tool).exists():
@@ -256,7 +264,7 @@ def main() -> int:
     kdns = subprocess.Popen([sys.executable, "-m", "kubelab.dns", "--addr", "%s:%d" % KDNS_ADDR,
                              "--admin", "%s:%d" % KDNS_ADMIN, "--upstream", "none", "--reverse-zone", REVERSE,
                              "--dns-service-ip", "10.96.0.10", "--zone-file", str(out / "zone.json"),
-                             "--log-level", "WARNING"], env=env)
+                             "--log-level", "WARNING", *(["--no-udp-mmsg"] if args.no_udp_mmsg else [])], env=env)
     results: dict[str, dict] = {}
     try:
         wait_udp(KNOT_ADDR)
@@ -267,10 +275,17 @@ def main() -> int:
         runs: dict[tuple[str, str], list[dict]] = {}
         for rnd in range(args.rounds):
             for label, qf in (("mix", qfiles["mix"]), ("unique", qfiles["unique"])):
-                for name, addr in (("knot", KNOT_ADDR), ("kubelab-dns", KDNS_ADDR)):
+                for name, addr, pid in (("knot", KNOT_ADDR, knot.pid), ("kubelab-dns", KDNS_ADDR, kdns.pid)):
+                    u0, s0 = cpu_seconds(pid)
                     r = dnsperf(addr, qf, args.seconds)
+                    u1, s1 = cpu_seconds(pid)
+                    n = max(1.0, r["qps"] * args.seconds)
+                    # CPU per answered query: steadier than q/s when the machine is shared.
+                    r["user_us"], r["sys_us"] = (u1 - u0) / n * 1e6, (s1 - s0) / n * 1e6
                     runs.setdefault((label, name), []).append(r)
-                    print(f"round {rnd} {label:7s} {name:12s} {r['qps']:>10.0f} q/s  lost {r['lost']}  {r['codes']}")
+                    print(f"round {rnd} {label:7s} {name:12s} {r['qps']:>10.0f} q/s  lost {r['lost']}  "
+                          f"cpu/q {r['user_us']:.2f} user + {r['sys_us']:.2f} sys us  load {os.getloadavg()[0]:.1f}  "
+                          f"{r['codes']}", flush=True)
         for (label, name), rs in runs.items():
             rs.sort(key=lambda r: r["qps"])
             results.setdefault(label, {})[name] = rs[len(rs) // 2]
@@ -301,6 +316,11 @@ def main() -> int:
           f"| {mix:.2f}x (>= 0.9x) |")
     print(f"| unique misses q/s | {results['unique']['kubelab-dns']['qps']:.0f} | {results['unique']['knot']['qps']:.0f} "
           f"| {uniq:.2f}x (>= 0.5x) |")
+    for label in ("mix", "unique"):
+        cpu = {name: statistics.median(r["user_us"] + r["sys_us"] for r in runs[(label, name)])
+               for name in ("kubelab-dns", "knot")}
+        print(f"| {label} server CPU per query (median) | {cpu['kubelab-dns']:.2f} us | {cpu['knot']:.2f} us "
+              f"| {cpu['kubelab-dns'] / cpu['knot']:.2f}x |")
     k, n = results["p99_10k"]["kubelab-dns"], results["p99_10k"]["knot"]
     print(f"| p99 at 10k q/s | {k['p99'] * 1000:.3f} ms | {n['p99'] * 1000:.3f} ms | < 1 ms |")
     print(f"| RSS loaded | {results['rss_mb']['kubelab-dns']:.1f} MB "

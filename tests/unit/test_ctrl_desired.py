@@ -5,8 +5,10 @@ import json
 import pathlib
 import random
 
+import pytest
+
 from kubelab.controller.config import LabConfig
-from kubelab.controller.desired import DesiredCache, desired_routes, desired_zone, service_routes
+from kubelab.controller.desired import DesiredCache, desired_routes, desired_zone, service_routes, zone_pods
 from kubelab.controller.endpointslices import slices_for_service
 from kubelab.dns.zone import ZoneData
 from kubelab.proxy.table import Frontend, RouteTable
@@ -39,7 +41,8 @@ class FakeSnapshot:
 
 
 def cluster_snapshot():
-    objs = [dict(o, kind=o.get("kind", "Service")) for o in CLUSTER["services"]] + CLUSTER["pods"] + CLUSTER["endpointSlices"]
+    objs = ([dict(o, kind=o.get("kind", "Service")) for o in CLUSTER["services"]] + CLUSTER["pods"]
+            + CLUSTER["endpointSlices"] + CLUSTER["namespaces"])
     return FakeSnapshot(objs)
 
 
@@ -57,7 +60,10 @@ def test_zone_from_conformance_cluster():
     assert zone.services["prod/ext-db"].external_name == "db.example.com"
     assert zone.services["prod/dual"].cluster_ips == ("10.96.10.50", "fd00:10:96::50")
     assert zone.services["default/kubernetes"].endpoints == ()
-    assert len(zone.pods) == 16 and zone.pods == tuple(sorted(zone.pods, key=lambda p: (p.namespace, p.name, p.ip)))
+    # 16 pods, one of them terminating (prod/web-...-zzzzz, deletionTimestamp set)
+    assert len(zone.pods) == 15 and zone.pods == tuple(sorted(zone.pods, key=lambda p: (p.namespace, p.name, p.ip)))
+    assert "10.244.2.6" not in {p.ip for p in zone.pods}
+    assert zone.namespaces == ("db", "default", "kube-system", "prod", "staging")
     # and it survives the contract's JSON round trip
     assert ZoneData.from_json(json.loads(json.dumps(zone.to_json()))) == zone
 
@@ -135,7 +141,7 @@ def test_cache_matches_full_computation_under_random_changes():
     assert cache.routes(1, desired_routes(snap, CFG, 1).policy) == desired_routes(snap, CFG, 1)
     services = [s for s in snap.list("Service") if (s["spec"].get("selector"))]
     for step in range(60):
-        action = rnd.choice(["flip", "delete_pod", "add_svc", "del_svc", "node"])
+        action = rnd.choice(["flip", "delete_pod", "terminate_pod", "add_svc", "del_svc", "node", "namespace"])
         if action == "flip":
             pod = rnd.choice(snap.list("Pod"))
             cond = pod["status"]["conditions"][0]["status"]
@@ -146,6 +152,16 @@ def test_cache_matches_full_computation_under_random_changes():
             pod = rnd.choice(snap.list("Pod"))
             snap.remove("Pod", pod["metadata"]["namespace"], pod["metadata"]["name"])
             cache.mark_pod(pod["metadata"]["namespace"], pod["metadata"]["name"])
+        elif action == "terminate_pod" and snap.list("Pod"):
+            pod = rnd.choice(snap.list("Pod"))
+            snap.put(bump({**pod, "metadata": {**pod["metadata"], "deletionTimestamp": "2026-01-01T00:00:00Z"}}))
+            cache.mark_pod(pod["metadata"]["namespace"], pod["metadata"]["name"])
+        elif action == "namespace":  # the manager names no namespace as changed
+            name = f"ns-{rnd.randint(0, 3)}"
+            if snap.get("Namespace", "", name) is None:
+                snap.put(bump({"kind": "Namespace", "metadata": {"name": name}}))
+            else:
+                snap.remove("Namespace", "", name)
         elif action == "add_svc":
             name = f"extra-{step}"
             s = {"kind": "Service", "metadata": {"name": name, "namespace": "prod"},
@@ -208,4 +224,67 @@ def test_cache_bulk_pod_changes_match_full_computation():
     snap.remove("Pod", "prod", "bulk-001")  # and a small change afterwards (insertion path)
     cache.mark_pod("prod", "bulk-001")
     cache.update(snap)
+    assert cache.zone(4) == desired_zone(snap, CFG, 4)
+
+
+def _pod(name, ns="prod", **status):
+    return {"kind": "Pod", "metadata": {"name": name, "namespace": ns}, "spec": {},
+            "status": {"phase": "Running", **status}}
+
+
+# (status, what the pod's DNS records publish)
+PRIMARY_IP_CASES = [
+    ({"podIP": "10.1.0.5", "podIPs": [{"ip": "10.1.0.5"}]}, ("10.1.0.5",)),
+    ({"podIP": "10.1.0.5"}, ("10.1.0.5",)),  # podIPs absent (simulated pods)
+    ({"podIPs": [{"ip": "10.1.0.5"}]}, ("10.1.0.5",)),  # podIP absent
+    ({"podIP": "10.1.0.5", "podIPs": [{"ip": "10.1.0.5"}, {"ip": "fd00::5"}]}, ("10.1.0.5", "fd00::5")),  # dual stack
+    ({"podIP": "fd00::5", "podIPs": [{"ip": "fd00::5"}, {"ip": "10.1.0.5"}]}, ("10.1.0.5", "fd00::5")),
+    # only the primary of a family: a second IPv4 (or a stale podIPs entry) publishes nothing
+    ({"podIP": "10.1.0.5", "podIPs": [{"ip": "10.1.0.5"}, {"ip": "10.1.0.6"}]}, ("10.1.0.5",)),
+    ({"podIP": "10.1.0.7", "podIPs": [{"ip": "10.1.0.6"}]}, ("10.1.0.7",)),
+    ({"podIPs": ["10.1.0.5", "10.1.0.9"]}, ("10.1.0.5",)),  # plain strings tolerated
+    ({}, ()),  # no address yet (pending)
+    ({"podIP": "not-an-ip"}, ()),
+]
+
+
+@pytest.mark.parametrize("status,ips", PRIMARY_IP_CASES)
+def test_pod_records_publish_the_primary_ip_per_family(status, ips):
+    assert tuple(p.ip for p in zone_pods(_pod("a", **status))) == ips
+
+
+@pytest.mark.parametrize("change", [
+    {"metadata": {"name": "a", "namespace": "prod", "deletionTimestamp": "2026-01-01T00:00:00Z"}},
+    {"status": {"phase": "Succeeded", "podIP": "10.1.0.5"}},
+    {"status": {"phase": "Failed", "podIP": "10.1.0.5"}},
+])
+def test_terminating_and_terminal_pods_have_no_pod_records(change):
+    assert zone_pods(_pod("a", podIP="10.1.0.5"))  # the baseline publishes
+    assert zone_pods({**_pod("a", podIP="10.1.0.5"), **change}) == ()
+
+
+def test_zone_namespaces_from_namespace_objects():
+    snap = FakeSnapshot([{"kind": "Namespace", "metadata": {"name": n}} for n in ("b", "a", "empty")])
+    zone = desired_zone(snap, CFG, 1)
+    assert zone.namespaces == ("a", "b", "empty") and not zone.services and not zone.pods
+    assert desired_zone(FakeSnapshot(), CFG, 1).namespaces == ()
+
+
+def test_cache_publishes_namespace_and_terminating_changes():
+    snap = cluster_snapshot()
+    cache = DesiredCache(CFG)
+    cache.update(snap)
+    assert "staging" in cache.zone(1).namespaces
+    snap.put({"kind": "Namespace", "metadata": {"name": "empty", "resourceVersion": "9"}})
+    assert cache.update(snap) == (True, False)  # no mark_*: namespaces are re-read every update
+    assert cache.zone(2).namespaces == desired_zone(snap, CFG, 2).namespaces
+    assert "empty" in cache.zone(2).namespaces
+    snap.remove("Namespace", "", "empty")
+    assert cache.update(snap)[0] and "empty" not in cache.zone(3).namespaces
+    pod = snap.get("Pod", "prod", "debug-shell")
+    assert "10.244.1.99" in {p.ip for p in cache.zone(3).pods}
+    snap.put({**pod, "metadata": {**pod["metadata"], "deletionTimestamp": "2026-01-01T00:00:00Z", "resourceVersion": "10"}})
+    cache.mark_pod("prod", "debug-shell")
+    assert cache.update(snap)[0]
+    assert "10.244.1.99" not in {p.ip for p in cache.zone(4).pods}
     assert cache.zone(4) == desired_zone(snap, CFG, 4)
