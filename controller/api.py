@@ -40,8 +40,8 @@ from kubelab.controller.store import AlreadyExists, Conflict, Event, Gone, NotFo
 log = logging.getLogger(__name__)
 
 ReadyCheck = Callable[[], "tuple[bool, str] | Awaitable[tuple[bool, str]]"]  # sync or async
-# (namespace, pod, container or None, *, previous, tail_lines) -> bytes, or None when there
-# is no log; the Lab passes the pod runtime's reader (the API never imports the runtime)
+# (namespace, pod, container, *, previous, tail_lines, limit_bytes, uid) -> bytes, or None
+# when there is no log; the Lab passes the pod runtime's reader (the API never imports it)
 LogReader = Callable[..., "bytes | None"]
 READY_CHECK: web.AppKey[ReadyCheck] = web.AppKey("kubelab_ready_check")
 REGISTRY: web.AppKey[Registry] = web.AppKey("kubelab_registry")
@@ -680,33 +680,45 @@ def _bad_request(message: str) -> web.HTTPException:
     return web.HTTPBadRequest(text=body, content_type=JSON)
 
 
+def log_container(pod: dict, requested: str | None) -> tuple[str | None, str | None]:
+    """(container, None) for ``pods/log?container=requested``, or (None, the apiserver's
+    error message): without a name the pod must have exactly one container (pure)."""
+    name = (pod.get("metadata") or {}).get("name")
+    containers = [str(c.get("name")) for c in (pod.get("spec") or {}).get("containers") or []]
+    if not requested:
+        if len(containers) == 1:
+            return containers[0], None
+        return None, f"a container name must be specified for pod {name}, choose one of: [{' '.join(containers)}]"
+    if requested not in containers:
+        return None, f"container {requested} is not valid for pod {name}"
+    return requested, None
+
+
 async def _pod_log(request: web.Request) -> web.StreamResponse:
     """``GET /api/v1/namespaces/{ns}/pods/{name}/log``: ``kubectl logs``.
 
     ``container``, ``tailLines``, ``previous`` and ``limitBytes`` as in Kubernetes; the
     text is the runtime's log file as it is now (``follow`` returns it too and ends: the
-    lab does not stream logs). Errors are the kubelet's messages, as kubectl prints them.
+    lab does not stream logs; ``sinceSeconds``, ``sinceTime`` and ``timestamps`` are
+    ignored). Errors are the kubelet's messages, as kubectl prints them.
     """
     ns, name = request.match_info["namespace"], request.match_info["name"]
     pod = _registry(request).store.snapshot().get("Pod", ns, name)
     if pod is None:
         return status_response(404, "NotFound", f'pods "{name}" not found', {"name": name, "kind": "pods"})
-    containers = [str(c.get("name")) for c in (pod.get("spec") or {}).get("containers") or []]
-    container = request.query.get("container") or None
+    container, problem = log_container(pod, request.query.get("container") or None)
     if container is None:
-        if len(containers) != 1:
-            return status_response(400, "BadRequest", f"a container name must be specified for pod {name}, "
-                                   f"choose one of: [{' '.join(containers)}]")
-        container = containers[0]
-    elif container not in containers:
-        return status_response(400, "BadRequest", f"container {container} is not valid for pod {name}")
+        return status_response(400, "BadRequest", problem or "no container")
     tail = _int_param(request, "tailLines")
     limit = _int_param(request, "limitBytes")
+    if limit == 0:
+        raise _bad_request("limitBytes: Invalid value: 0: must be greater than 0")
     previous = _truthy(request.query.get("previous"))
     reader = request.app.get(LOG_READER)
     data = None
     if reader is not None:
-        data = await asyncio.to_thread(reader, ns, name, container, previous=previous, tail_lines=tail)
+        data = await asyncio.to_thread(reader, ns, name, container, previous=previous, tail_lines=tail,
+                                       limit_bytes=limit, uid=(pod.get("metadata") or {}).get("uid"))
     if data is None:
         if previous:
             msg = f'previous terminated container "{container}" in pod "{name}" not found'
@@ -717,7 +729,7 @@ async def _pod_log(request: web.Request) -> web.StreamResponse:
             msg = f'container "{container}" in pod "{name}" is waiting to start: {reason}'
         return status_response(400, "BadRequest", msg)
     if limit is not None:
-        data = data[:limit]
+        data = data[:limit]  # the reader should have cut it; a reader that ignores it is cut here
     return web.Response(body=data, content_type="text/plain", charset="utf-8")
 
 

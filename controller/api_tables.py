@@ -71,21 +71,31 @@ def _label_selector(sel: dict | None) -> str:
 
 
 def pod_status_reason(status: dict) -> str:
-    """kubectl's STATUS column (printPod): the phase, or the pod's reason, or the last
-    container's waiting/terminated reason; a pod that ran to completion is ``Completed``
-    (its phase is Succeeded, its containers' reason Completed)."""
+    """kubectl's STATUS column (printPod): the phase, or the pod's reason, or a container's
+    waiting/terminated reason -- containers are walked last to first, so the *first*
+    container with one wins; a pod that ran to completion is ``Completed`` (its phase is
+    Succeeded, its containers' reason Completed). "Completed" while a container is still
+    ready and running turns back into ``Running`` (``NotReady`` without the pod's Ready
+    condition): a sidecar outlives a finished main container."""
     phase = status.get("phase") or "Unknown"
     reason = status.get("reason") or ("Completed" if phase == "Succeeded" else phase)
-    for c in status.get("containerStatuses") or []:
+    has_running = False
+    for c in reversed(status.get("containerStatuses") or []):
         state = c.get("state") or {}
-        waiting, terminated = state.get("waiting") or {}, state.get("terminated") or {}
+        waiting, terminated = state.get("waiting") or {}, state.get("terminated")
         if waiting.get("reason"):
             reason = waiting["reason"]
-        elif terminated.get("reason"):
+        elif terminated is not None and terminated.get("reason"):
             reason = terminated["reason"]
-        elif terminated:
+        elif terminated is not None:
             reason = f"Signal:{terminated['signal']}" if terminated.get("signal") \
                 else f"ExitCode:{terminated.get('exitCode', 0)}"
+        elif c.get("ready") and state.get("running") is not None:
+            has_running = True
+    if reason == "Completed" and has_running:
+        ready = any(cond.get("type") == "Ready" and cond.get("status") == "True"
+                    for cond in status.get("conditions") or [])
+        reason = "Running" if ready else "NotReady"
     if phase == "Succeeded" and reason in ("Succeeded", "ExitCode:0"):
         reason = "Completed"
     return reason
@@ -101,8 +111,8 @@ def _pod(o: dict, now: Any) -> list:
         cond = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), None)
         ready = len(containers) if cond and cond.get("status") == "True" else 0
     reason = pod_status_reason(status)
-    if (o.get("metadata") or {}).get("deletionTimestamp"):
-        reason = "Terminating"
+    if (o.get("metadata") or {}).get("deletionTimestamp") and status.get("phase") not in ("Succeeded", "Failed"):
+        reason = "Terminating"  # kubectl: a pod that already finished keeps its final status
     restarts = sum(int(c.get("restartCount") or 0) for c in statuses)
     gates = spec.get("readinessGates") or []
     return [o["metadata"]["name"], f"{ready}/{len(containers)}", reason, restarts, age(o, now),

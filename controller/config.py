@@ -20,7 +20,7 @@ dns_service_ip     None                  the ``kube-dns`` Service's ClusterIP (k
                                          --cluster-dns); netns mode: 10.96.0.10
 netns_prefix       kl-                   names of the namespaces, links and files of a
                                          netns lab start with it (``kubelab down``
-                                         removes everything with it)
+                                         removes the lab's names with it)
 =================  ====================  ==========================================
 
 ``--mode netns`` changes the defaults of the address flags to kubeadm's own, since
@@ -37,7 +37,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -107,7 +107,7 @@ class LabConfig:
     manifests: tuple[Path, ...] = ()
     mode: str = "local"  # local | netns
     dns_service_ip: str | None = None  # the kube-dns ClusterIP; netns: what pods' resolv.conf names
-    netns_prefix: str = "kl-"  # netns mode: prefix of every namespace, link and file of the lab
+    netns_prefix: str = "kl-"  # netns mode (runtime.netns.check_prefix): prefix of every namespace, link and file of the lab
 
     @property
     def bridge_ip(self) -> str | None:
@@ -160,12 +160,13 @@ def _first_v4(cidrs: str, flag: str) -> IPNetwork:
     raise ConfigError(f"{flag} {cidrs}: netns mode needs an IPv4 range")
 
 
-def check_mode_supported(mode: str, supported: tuple[bool, str]) -> str | None:
-    """The one-line error for a mode this machine can't run (``supported``: the result of
-    ``kubelab.runtime.netns.supported()``), or None. Pure, so it is tested without root."""
+def check_mode_supported(mode: str, supported: tuple[bool, str] | Callable[[], tuple[bool, str]]) -> str | None:
+    """The one-line error for a mode this machine can't run, or None. ``supported``: the
+    result of ``kubelab.runtime.netns.supported()``, or that function (then called only
+    for netns mode). Pure given a tuple, so it is tested without root."""
     if mode != "netns":
         return None
-    ok, why = supported
+    ok, why = supported() if callable(supported) else supported
     if ok:
         return None
     return f"--mode netns: {why or 'network namespaces are not available'} (use --mode local)"
@@ -183,8 +184,30 @@ def validate_lab(config: LabConfig) -> None:
         if not any(ip in net for net in config.service_cidrs):
             raise ConfigError(f"--dns-service-ip {ip}: not inside the service CIDR "
                               f"{','.join(map(str, config.service_cidrs))}")
+        first = config.service_cidrs[0].network_address + 1
+        if ip == first:
+            raise ConfigError(f"--dns-service-ip {ip}: the service CIDR's first address is the "
+                              "default/kubernetes Service's")
     if config.mode == "netns":
+        from kubelab.runtime.netns import check_prefix
+
         if config.pod_cidr.version != 4 or config.pod_cidr.prefixlen > 30:
             raise ConfigError(f"--pod-cidr {config.pod_cidr}: netns mode needs an IPv4 range of at least /30")
-        if not config.netns_prefix or len(config.netns_prefix) > 8:
-            raise ConfigError(f"--netns-prefix {config.netns_prefix!r}: 1 to 8 characters (interface names are short)")
+        problem = check_prefix(config.netns_prefix)
+        if problem:
+            raise ConfigError(problem)
+        clash = overlapping_ranges(config)
+        if clash:
+            raise ConfigError(clash)
+
+
+def overlapping_ranges(config: LabConfig) -> str | None:
+    """netns mode routes the pod CIDR to the bridge and the service CIDRs and the LB pool
+    as local: the ranges must not overlap (pure; the message names the two flags)."""
+    ranges = [("--pod-cidr", config.pod_cidr), *(("--service-cidr", n) for n in config.service_cidrs),
+              ("--lb-pool", config.lb_pool)]
+    for i, (flag_a, a) in enumerate(ranges):
+        for flag_b, b in ranges[i + 1:]:
+            if a.version == b.version and a.overlaps(b):  # type: ignore[arg-type]
+                return f"{flag_a} {a} and {flag_b} {b} overlap: netns mode routes them differently"
+    return None

@@ -35,6 +35,8 @@ import hashlib
 import ipaddress
 from typing import Any, Iterable, Mapping
 
+from kubelab.controller.validation import selector_matches
+
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 MANAGED_BY_LABEL = "endpointslice.kubernetes.io/managed-by"
 MANAGED_BY = "lab-controller"
@@ -46,17 +48,6 @@ PortKey = tuple[tuple[str, int, str], ...]  # (name, port, protocol) per resolve
 def service_selects(svc: Mapping[str, Any]) -> bool:
     spec = svc.get("spec") or {}
     return bool(spec.get("selector")) and spec.get("type") != "ExternalName"
-
-
-def selector_matches(selector: Mapping[str, str] | None, labels: Mapping[str, str] | None) -> bool:
-    """Service selectors: equality on every key; empty/None matches nothing."""
-    if not selector:
-        return False
-    labels = labels or {}
-    for k, v in selector.items():
-        if labels.get(k) != v:
-            return False
-    return True
 
 
 def service_families(svc: Mapping[str, Any]) -> list[str]:
@@ -202,7 +193,9 @@ def slices_for_service(
         return []
     svc_meta = svc.get("metadata") or {}
     ns = svc_meta.get("namespace") or ""
-    selector = (svc.get("spec") or {}).get("selector")
+    # A Service selector is a plain label map: the matchLabels of a LabelSelector. It is
+    # never empty here (service_selects), so "{} selects everything" cannot apply.
+    selector = {"matchLabels": (svc.get("spec") or {}).get("selector")}
     name = svc_meta.get("name") or ""
     matched = [
         p

@@ -25,15 +25,18 @@ elsewhere, an EndpointSlice sends the ClusterIP to it through the proxy.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import ipaddress
 import logging
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from aiohttp import web
 
 from kubelab.controller.config import LabConfig
+from kubelab.controller.endpointslices import MANAGED_BY_LABEL, SERVICE_NAME_LABEL
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +59,6 @@ class Listening:
 
 
 def is_loopback(host: str) -> bool:
-    import ipaddress
-
     if host == "localhost":
         return True
     try:
@@ -66,8 +67,11 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-SERVICE_NAME_LABEL = "kubernetes.io/service-name"
-MANAGED_BY_LABEL = "endpointslice.kubernetes.io/managed-by"
+def _is_wildcard(host: str) -> bool:
+    """A listen address meaning "every address of the node"."""
+    return host in ("0.0.0.0", "::", "")
+
+
 LAB_MANAGED_BY = "lab.kubelab.dev"  # not the EndpointSlice controller's: it leaves the slice alone
 
 
@@ -95,11 +99,24 @@ def api_endpoint(config: LabConfig, bound: tuple[str, int]) -> tuple[str, int]:
     host, port = bound
     if config.bridge_ip:
         return config.bridge_ip, port
-    if host in ("0.0.0.0", "::", ""):
+    if _is_wildcard(host):
         return config.node_ip, port
     if host == "localhost":
         return "127.0.0.1", port
     return host, port
+
+
+def _selectorless_slice(namespace: str, name: str, ip: str, ports: list[dict[str, Any]]) -> dict[str, Any]:
+    """The EndpointSlice of a built-in Service: one ready endpoint, the lab's manager label
+    (the EndpointSlice controller leaves it alone)."""
+    return {
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": name, "namespace": namespace,
+                     "labels": {SERVICE_NAME_LABEL: name, MANAGED_BY_LABEL: LAB_MANAGED_BY}},
+        "addressType": "IPv6" if ":" in ip else "IPv4",
+        "endpoints": [{"addresses": [ip], "conditions": {"ready": True, "serving": True, "terminating": False}}],
+        "ports": ports,
+    }
 
 
 def kubernetes_service_objects(config: LabConfig, endpoint: tuple[str, int]) -> list[dict[str, Any]]:
@@ -112,15 +129,7 @@ def kubernetes_service_objects(config: LabConfig, endpoint: tuple[str, int]) -> 
         "spec": {"type": "ClusterIP", "clusterIP": first_service_ip(config),
                  "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": port}]},
     }
-    es = {
-        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-        "metadata": {"name": "kubernetes", "namespace": "default",
-                     "labels": {SERVICE_NAME_LABEL: "kubernetes", MANAGED_BY_LABEL: LAB_MANAGED_BY}},
-        "addressType": "IPv6" if ":" in ip else "IPv4",
-        "endpoints": [{"addresses": [ip], "conditions": {"ready": True, "serving": True, "terminating": False}}],
-        "ports": [{"name": "https", "port": port, "protocol": "TCP"}],
-    }
-    return [svc, es]
+    return [svc, _selectorless_slice("default", "kubernetes", ip, [{"name": "https", "port": port, "protocol": "TCP"}])]
 
 
 def kube_dns_objects(config: LabConfig, dns_bound: tuple[str, int] | None) -> list[dict[str, Any]]:
@@ -141,19 +150,10 @@ def kube_dns_objects(config: LabConfig, dns_bound: tuple[str, int] | None) -> li
     }
     if dns_bound is None or dns_served_on_vip(config, dns_bound):
         return [svc]
-    host = dns_bound[0]
-    if host in ("0.0.0.0", "::", ""):
-        host = config.node_ip
-    es = {
-        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-        "metadata": {"name": "kube-dns", "namespace": "kube-system",
-                     "labels": {SERVICE_NAME_LABEL: "kube-dns", MANAGED_BY_LABEL: LAB_MANAGED_BY}},
-        "addressType": "IPv6" if ":" in host else "IPv4",
-        "endpoints": [{"addresses": [host], "conditions": {"ready": True, "serving": True, "terminating": False}}],
-        "ports": [{"name": "dns", "port": dns_bound[1], "protocol": "UDP"},
-                  {"name": "dns-tcp", "port": dns_bound[1], "protocol": "TCP"}],
-    }
-    return [svc, es]
+    host = config.node_ip if _is_wildcard(dns_bound[0]) else dns_bound[0]
+    return [svc, _selectorless_slice("kube-system", "kube-dns", host,
+                                     [{"name": "dns", "port": dns_bound[1], "protocol": "UDP"},
+                                      {"name": "dns-tcp", "port": dns_bound[1], "protocol": "TCP"}])]
 
 
 def dns_served_on_vip(config: LabConfig, dns_bound: tuple[str, int] | None) -> bool:
@@ -165,9 +165,51 @@ def without_frontends(table: Any, skip: frozenset[tuple[str, int]]) -> Any:
     """``table`` minus the frontends on (ip, port) in ``skip`` (the DNS server's own VIP)."""
     if not skip or not any((f.ip, f.port) in skip for f in table.routes):
         return table
-    import dataclasses
-
     return dataclasses.replace(table, routes={f: r for f, r in table.routes.items() if (f.ip, f.port) not in skip})
+
+
+BUILTIN_SERVICES = (("default", "kubernetes"), ("kube-system", "kube-dns"))
+
+
+def services_outside(services: Iterable[dict[str, Any]], cidrs: Iterable[Any]) -> list[str]:
+    """``ns/name (ip)`` of every stored Service (built-ins aside: the lab re-creates those)
+    with a ClusterIP outside ``cidrs``: a state dir made with other ranges (pure)."""
+    nets = [ipaddress.ip_network(str(c)) for c in cidrs]
+    out = []
+    for svc in services:
+        meta = svc.get("metadata") or {}
+        key = (meta.get("namespace") or "default", meta.get("name") or "")
+        stray = _cluster_ip_outside(svc, nets)
+        if stray and key not in BUILTIN_SERVICES:
+            out.append(f"{key[0]}/{key[1]} ({stray})")
+    return out
+
+
+def _cluster_ip_outside(svc: dict[str, Any], nets: list[Any]) -> str | None:
+    """The Service's first ClusterIP outside ``nets`` (None: all inside, or headless)."""
+    spec = svc.get("spec") or {}
+    for ip in spec.get("clusterIPs") or [spec.get("clusterIP")]:
+        if not ip or ip == "None":
+            continue
+        try:
+            addr = ipaddress.ip_address(ip)
+        except ValueError:
+            continue
+        if not any(addr.version == n.version and addr in n for n in nets):
+            return str(ip)
+    return None
+
+
+def check_state_services(config: LabConfig, services: Iterable[dict[str, Any]]) -> None:
+    """Refuse (LabError, one line) a state dir whose Services lie outside --service-cidr:
+    their ClusterIPs are immutable, the proxy and DNS would serve addresses the lab does
+    not route (a dir made by a lab in another --mode, for example)."""
+    bad = services_outside(services, config.service_cidrs)
+    if bad:
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise LabError(f"state dir {config.state_dir}: Services {', '.join(bad[:3])}{more} are outside "
+                       f"--service-cidr {','.join(map(str, config.service_cidrs))} (made with other ranges or "
+                       "another --mode): use another --state-dir, or --ephemeral")
 
 
 def node_object(config: LabConfig) -> dict[str, Any]:
@@ -207,7 +249,6 @@ class Lab:
     enforcer: Any = None
     token: str | None = None
     node_api_token: str | None = None  # the bridge listener's token (netns; None: same as token)
-    _api_app: Any = None
     _api_bound: tuple[str, int] | None = None
     _ready_event: asyncio.Event | None = None
 
@@ -229,14 +270,17 @@ class Lab:
         from kubelab.controller.admission import Admission
         from kubelab.controller.registry import Registry
 
+        if cfg.state_dir is not None:
+            check_state_services(cfg, store.snapshot().list("Service"))
         self.registry = Registry(store, Admission(cfg))
         await self._ensure_cluster_objects()
         # not ready before the -f manifests are in: a client that waits for /readyz finds them
         self._ready_parts["start"] = lambda: self.listening is not None
 
+        if cfg.mode == "netns":  # the bridge first: --api-addr may be its address
+            await self._prepare_node()
         api_url = await self._start_api()
         if cfg.mode == "netns":
-            await self._prepare_node()
             await self._start_node_api()
         sinks: list[Any] = []
         dns_addr = dns_admin = proxy_admin = None
@@ -283,8 +327,7 @@ class Lab:
         if self.runtime is None:
             from kubelab.runtime.manager import PodRuntime
 
-            hook = self.enforcer.pod_network_ready if self.enforcer is not None else None
-            self.runtime = PodRuntime(self.registry, self.config, on_pod_network=hook)
+            self.runtime = PodRuntime(self.registry, self.config)
         return self.runtime
 
     async def _prepare_node(self) -> None:
@@ -299,25 +342,17 @@ class Lab:
             raise LabError(f"cannot build the pod network: {exc}") from None
 
     def _start_enforcer(self) -> Any:
-        from kubelab.runtime.netpol_enforce import NetnsPolicyEnforcer
+        """NetworkPolicy in the pod namespaces: a route sink that never raises nor blocks
+        (the enforcer's own task writes the rulesets, see runtime.netpol_enforce)."""
+        from kubelab.runtime.netpol_enforce import NetnsPolicyEnforcer, proxied_cidrs
 
         cfg = self.config
-        proxied = tuple(str(c) for c in (*cfg.service_cidrs, cfg.lb_pool) if c.version == 4)
         runtime = self._make_runtime()
-        self.enforcer = NetnsPolicyEnforcer(runtime.netns_of_ip, proxied)
+        self.enforcer = NetnsPolicyEnforcer(runtime.netns_of_ip, proxied_cidrs(cfg.service_cidrs, cfg.lb_pool),
+                                            prefix=cfg.netns_prefix)
         runtime.on_pod_network = self.enforcer.pod_network_ready
         self._closers.append(self.enforcer.close)
-        enforcer = self.enforcer
-
-        async def apply(table: Any) -> None:
-            from kubelab.controller.sinks import SinkError
-
-            try:
-                await enforcer.apply(table)
-            except Exception as exc:  # an nft failure: retried with the then-current table
-                raise SinkError(f"netpol: {exc}") from exc
-
-        return self._in_process_sink("netpol", apply, "routes")
+        return self._in_process_sink("netpol", self.enforcer.apply, "routes")
 
     def _readiness_hook(self) -> None:
         asyncio.get_running_loop().call_soon(self._check_ready)
@@ -358,31 +393,69 @@ class Lab:
     async def _ensure_builtin_services(self, dns_bound: tuple[str, int] | None) -> None:
         """``default/kubernetes`` (+ slice) and, with a DNS service IP, ``kube-system/kube-dns``.
 
-        Applied on every start (create or update, "unchanged" when equal): the API port
-        may differ from the last run. A clash (the address is taken by a user's Service in
-        an old state dir) is logged, not fatal: the lab works without them."""
+        Applied on every start, each on its own (create or update, "unchanged" when
+        equal): the API port may differ from the last run. A stored one with another
+        ClusterIP (immutable; the lab ran with another --service-cidr or
+        --dns-service-ip) is deleted and created again. A clash (the address is taken by
+        a user's Service) is logged, not fatal: the lab works without that one."""
         assert self._api_bound is not None
-        objs = kubernetes_service_objects(self.config, api_endpoint(self.config, self._api_bound))
+        builtins = [kubernetes_service_objects(self.config, api_endpoint(self.config, self._api_bound))]
         if self.config.dns_service_ip:
-            objs += kube_dns_objects(self.config, dns_bound)
-        try:
-            await self.registry.apply(objs)
-        except Exception as exc:
-            log.warning("cannot create the built-in Services: %s", getattr(exc, "message", None) or exc)
+            builtins.append(kube_dns_objects(self.config, dns_bound))
+        else:
+            await self._drop_stale_kube_dns()
+        for objs in builtins:
+            await self._ensure_builtin(objs)
 
-    async def _start_api(self) -> str:
+    async def _drop_stale_kube_dns(self) -> None:
+        """No DNS service IP this run: a ``kube-dns`` a netns run left outside the service
+        CIDR would be a VIP nothing routes; delete it (and its slice)."""
+        from kubelab.controller.store import StoreError
+
+        stored = self.registry.store.snapshot().get("Service", "kube-system", "kube-dns")
+        if stored is None or not _cluster_ip_outside(stored, list(self.config.service_cidrs)):
+            return
+        for kind in ("Service", "EndpointSlice"):
+            try:
+                await self.registry.delete(kind, "kube-system", "kube-dns")
+            except StoreError:  # NotFound: no slice (the DNS server served the VIP itself)
+                pass
+
+    async def _ensure_builtin(self, objs: list[dict[str, Any]]) -> None:
+        from kubelab.controller.registry import RequestInvalid
+        from kubelab.controller.store import StoreError
+        from kubelab.controller.validation import Invalid
+
+        svc = objs[0]
+        ns, name = svc["metadata"]["namespace"], svc["metadata"]["name"]
+        try:
+            stored = self.registry.store.snapshot().get("Service", ns, name)
+            if stored is not None and (stored.get("spec") or {}).get("clusterIP") != svc["spec"]["clusterIP"]:
+                log.info("re-creating Service %s/%s: its ClusterIP is now %s", ns, name, svc["spec"]["clusterIP"])
+                await self.registry.delete("Service", ns, name)
+            await self.registry.apply(objs)
+        except (StoreError, Invalid, RequestInvalid) as exc:
+            log.warning("cannot create the built-in Service %s/%s: %s", ns, name,
+                        getattr(exc, "message", None) or exc)
+
+    async def _serve_api(self, host: str, port: int, token: str | None) -> web.AppRunner:
+        """One API listener (the main one, and in netns mode the bridge one): the same
+        app, readiness and pod log reader on each."""
         from kubelab.controller.api import LOG_READER, READY_CHECK, make_app
 
-        host, port = self.config.api_addr
-        self.token = None if is_loopback(host) else secrets.token_urlsafe(24)
-        app = make_app(self.registry, token=self.token)
+        app = make_app(self.registry, token=token)
         app[READY_CHECK] = self.readiness
         app[LOG_READER] = self._read_log
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
         await runner.setup()
         self._closers.append(runner.cleanup)
-        site = web.TCPSite(runner, host, port)
-        await _bind(site.start(), f"registry API on {host}:{port}")
+        await _bind(web.TCPSite(runner, host, port).start(), f"registry API on {host}:{port}")
+        return runner
+
+    async def _start_api(self) -> str:
+        host, port = self.config.api_addr
+        self.token = None if is_loopback(host) else secrets.token_urlsafe(24)
+        runner = await self._serve_api(host, port, self.token)
         bound = runner.addresses[0]
         self._api_bound = (bound[0], bound[1])
         return f"http://{_fmt_host(bound[0])}:{bound[1]}"
@@ -393,26 +466,21 @@ class Lab:
         token (the API's own when it has one, else a fresh one nobody is given), so from a
         pod only the public paths answer (/version, /healthz, /readyz), as they do for an
         unauthenticated client of a real cluster."""
-        from kubelab.controller.api import READY_CHECK, make_app
-
         assert self._api_bound is not None and self.config.bridge_ip is not None
         host, port = self.config.bridge_ip, self._api_bound[1]
-        if self._api_bound[0] in ("0.0.0.0", "::", host):
+        if _is_wildcard(self._api_bound[0]) or self._api_bound[0] == host:
             return  # the API listens there already
         self.node_api_token = self.token or secrets.token_urlsafe(24)
-        app = make_app(self.registry, token=self.node_api_token)
-        app[READY_CHECK] = self.readiness
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
-        await runner.setup()
-        self._closers.append(runner.cleanup)
-        await _bind(web.TCPSite(runner, host, port).start(), f"registry API on {host}:{port}")
+        await self._serve_api(host, port, self.node_api_token)
 
     def _read_log(self, namespace: str, name: str, container: str | None, *, previous: bool = False,
-                  tail_lines: int | None = None) -> bytes | None:
+                  tail_lines: int | None = None, limit_bytes: int | None = None,
+                  uid: str | None = None) -> bytes | None:
         """For the API's ``pods/{name}/log``: the runtime's log files (None: no runtime / no log)."""
         if self.runtime is None:
             return None
-        return self.runtime.read_log(namespace, name, container, previous=previous, tail_lines=tail_lines)
+        return self.runtime.read_log(namespace, name, container, previous=previous, tail_lines=tail_lines,
+                                     limit_bytes=limit_bytes, uid=uid)
 
     async def _start_dns(self) -> tuple[tuple[str, int], str | None]:
         from kubelab.dns.config import DnsConfig
@@ -449,8 +517,9 @@ class Lab:
         node_ips = tuple(a["address"] for a in node_addresses(cfg) if a["type"] == "InternalIP")
         extra: dict[str, Any] = {}
         if cfg.mode == "netns":  # the service CIDRs and the LB pool as local routes (see proxy.vip)
-            extra = {"vip_mode": "netns",
-                     "vip_cidrs": tuple(str(c) for c in (*cfg.service_cidrs, cfg.lb_pool) if c.version == 4)}
+            from kubelab.runtime.netpol_enforce import proxied_cidrs
+
+            extra = {"vip_mode": "netns", "vip_cidrs": proxied_cidrs(cfg.service_cidrs, cfg.lb_pool)}
         self.proxy = ServiceProxy(
             ProxyConfig.for_lab(node_name=cfg.node_name, node_ips=node_ips, admin=self.proxy_admin_addr, **extra)
         )

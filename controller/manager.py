@@ -245,14 +245,15 @@ class ControllerManager:
             try:
                 async for ev in self.registry.store.watch(self._rv):
                     self._rv = ev.resource_version
-                    self._on_event(ev.type, ev.object)
-                    self._runner.run()
+                    if self._on_event(ev.type, ev.object):
+                        self._runner.run()
                 return  # the store closed
             except Gone as exc:
                 log.warning("controllers: watch expired (%s); relisting", exc)
                 self._relist()
 
-    def _on_event(self, etype: str, obj: Mapping[str, Any]) -> None:
+    def _on_event(self, etype: str, obj: Mapping[str, Any]) -> bool:
+        """Index one event; False when it is no news (no sync needed for it)."""
         kind = obj.get("kind")
         deleted = etype == "DELETED"
         if kind == "Pod":
@@ -260,13 +261,16 @@ class ControllerManager:
         elif kind == "Service":
             self._on_service(obj, deleted)
         elif kind == "EndpointSlice":
-            self._on_slice(obj, deleted)
+            return self._on_slice(obj, deleted)
         elif kind == "Deployment":
             self._dirty_deps.add(_key(obj))
         elif kind == "Node":
             self.cache.mark_nodes()
         elif kind in ("Namespace", "NetworkPolicy"):
             self._policy_dirty = True
+        else:
+            return False
+        return True
 
     def _on_pod(self, pod: Mapping[str, Any], deleted: bool) -> None:
         key = _key(pod)
@@ -326,7 +330,14 @@ class ControllerManager:
         self._dirty_svcs.add(key)
         self.cache.mark_service(*key)
 
-    def _on_slice(self, es: Mapping[str, Any], deleted: bool) -> None:
+    def _on_slice(self, es: Mapping[str, Any], deleted: bool) -> bool:
+        """Index a slice event; False for the echo of our own write.
+
+        An echo needs no sync: the sync that wrote the slice indexed it and marked the
+        desired-state cache itself, before it published. Skipping it keeps a readiness
+        flip from costing two syncs, the second of which would delay the next change by
+        the runner's ``min_interval``.
+        """
         key = _key(es)
         labels = _meta(es).get("labels") or {}
         old_svc = self._slice_svc.pop(key, None)
@@ -337,11 +348,13 @@ class ControllerManager:
             self._slice_svc[key] = svc
             self._slices.setdefault((key[0], svc), set()).add(key[1])
             written = self._written.pop(key, None)
-            if written is None or written != slice_content(es):
-                self._dirty_svcs.add((key[0], svc))  # not the echo of our own write: re-check
+            if written is not None and written == slice_content(es):
+                return False
+            self._dirty_svcs.add((key[0], svc))  # not the echo of our own write: re-check
         elif old_svc is not None:
             self._dirty_svcs.add((key[0], old_svc))  # a managed slice vanished or was relabelled
         self.cache.mark_slice(*key)
+        return True
 
     # -- sync --------------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterable, Protocol
 
 from kubelab.controller import discovery
 from kubelab.controller.store import (
+    BULK_WRITES,
     AlreadyExists,
     Conflict,
     NotFound,
@@ -29,6 +30,7 @@ from kubelab.controller.store import (
     Store,
     StoreError,
     Write,
+    collector_paused,
     object_key,
     same_content,
 )
@@ -38,8 +40,8 @@ log = logging.getLogger(__name__)
 SYSTEM_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 UNDELETABLE_NAMESPACES = frozenset({"default", "kube-system", "kube-public"})
 SERVER_OWNED_META = ("uid", "resourceVersion", "creationTimestamp", "generation", "managedFields", "selfLink")
-STATUS_OP = "update_status"
-YIELD_EVERY = 500  # objects admitted between yields to the event loop in a big batch  # the op admission sees for a controller's status write
+STATUS_OP = "update_status"  # the op admission sees for a controller's status write
+YIELD_EVERY = 500  # objects admitted between yields to the event loop in a big batch
 
 
 class AdmissionLike(Protocol):
@@ -344,6 +346,10 @@ class Registry:
         order. Any refusal (Invalid, missing namespace, ...) raises and stores nothing.
         ``metadata.resourceVersion`` in a manifest is ignored (declarative apply).
         """
+        with collector_paused(len(objs) >= BULK_WRITES):
+            return await self._apply(objs, dry_run)
+
+    async def _apply(self, objs: list[dict], dry_run: bool) -> list[tuple[str, dict]]:
         prepared = [self._prepare(o, creating=False) for o in objs]
         async with self._lock:
             snap = self.store.snapshot()

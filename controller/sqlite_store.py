@@ -21,12 +21,17 @@ from kubelab.controller.store import DEFAULT_HISTORY, Key, Store
 
 log = logging.getLogger(__name__)
 
+# A rowid table with a unique key, not WITHOUT ROWID: a stored object is ~1 KB of JSON,
+# and SQLite's WITHOUT ROWID B-trees are for small rows; with 16 KiB pages a bulk load of
+# 60,000 objects inserts 2.2x faster (bench/registry/README.md). Databases created with
+# the earlier WITHOUT ROWID table keep it: every statement below works on both.
+PAGE_SIZE = 16384
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS objects (
     kind TEXT NOT NULL, namespace TEXT NOT NULL, name TEXT NOT NULL,
     rv INTEGER NOT NULL, data TEXT NOT NULL,
-    PRIMARY KEY (kind, namespace, name)
-) WITHOUT ROWID;
+    UNIQUE (kind, namespace, name)
+);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
 
@@ -43,6 +48,7 @@ class SqliteStore(Store):
         self.path = p
         self._db = sqlite3.connect(str(p), isolation_level=None, check_same_thread=False)
         try:
+            self._db.execute(f"PRAGMA page_size={PAGE_SIZE}")  # only takes effect on a new database
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(SCHEMA)

@@ -16,23 +16,33 @@ Why it looks like this:
   gets :class:`Gone` and must relist, as with the apiserver's 410.
 * Backends persist a batch *before* it becomes visible (``_persist``), so whatever a
   caller saw acknowledged is durable (:mod:`kubelab.controller.sqlite_store`).
+* **Stored objects are out of the cyclic GC's sight.** They are plain JSON trees (no
+  cycles; reference counting frees them), yet with 60,000 objects loaded every full
+  collection walks a million dicts: 0.6-0.8 s with the event loop stopped, which is what
+  a readiness flip's p99 would see. After a bulk commit (:data:`BULK_WRITES` writes or
+  more) the store calls :func:`settle_heap`, which moves everything alive into the
+  permanent generation (``gc.freeze()``); :func:`collector_paused` keeps the collector
+  off while a bulk batch allocates (bench/registry/README.md has the numbers).
 """
 
 from __future__ import annotations
 
 import abc
 import asyncio
+import contextlib
 import datetime
+import gc
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Iterable, Sequence
+from typing import Any, AsyncIterator, Iterable, Iterator, Sequence
 
 log = logging.getLogger(__name__)
 
 Key = tuple[str, str, str]  # kind, namespace, name
 
 DEFAULT_HISTORY = 200_000
+BULK_WRITES = 1000  # a batch at least this big is a bulk load: see settle_heap()
 
 
 class StoreError(Exception):
@@ -95,6 +105,36 @@ def new_uid() -> str:
     b[8] = (b[8] & 0x3F) | 0x80
     h = b.hex()
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+@contextlib.contextmanager
+def collector_paused(active: bool = True) -> Iterator[None]:
+    """Keep the cyclic GC off while a bulk batch allocates (JSON trees have no cycles).
+
+    Without it, building 60,000 objects triggers full collections that walk the whole
+    heap again and again (a third of the time of a bulk apply). Nested and concurrent
+    uses are harmless: only the outermost one that found the GC on turns it back on.
+    """
+    if not active or not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+def settle_heap() -> None:
+    """After a bulk commit: collect young garbage, then freeze what survived.
+
+    Frozen objects are still freed by reference counting when dropped; only *cyclic*
+    garbage frozen here would never be collected, which is why the young generations
+    are collected first and why this runs only after bulk commits (rare, and the state
+    they store lives as long as the lab).
+    """
+    gc.collect(1)
+    gc.freeze()
 
 
 def now_timestamp() -> str:
@@ -399,6 +439,8 @@ class Store(abc.ABC):
             self._root = txn.root
             self._rv = rv
             self._publish(events)
+            if len(events) >= BULK_WRITES:
+                settle_heap()
             return results
 
     def _publish(self, events: list[Event]) -> None:

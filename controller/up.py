@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import shutil
 import signal
 import sys
 from pathlib import Path
@@ -63,7 +64,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--dns-service-ip", default=unset, help="ClusterIP of the kube-system/kube-dns Service, "
                    "the nameserver in pods' resolv.conf (default: none; netns: the service CIDR's tenth address)")
     p.add_argument("--netns-prefix", default=d.netns_prefix,
-                   help="netns mode: every namespace, link and file of the lab starts with it")
+                   help="netns mode: every namespace, link and file of the lab starts with it "
+                        "(a lowercase letter, up to 6 lowercase letters or digits, then '-')")
     state = p.add_mutually_exclusive_group()
     state.add_argument("--state-dir", default=str(d.state_dir), help="where the registry (SQLite) and logs live")
     state.add_argument("--ephemeral", action="store_true", help="keep the registry in memory only")
@@ -130,21 +132,30 @@ def config_from_args(args: argparse.Namespace) -> LabConfig:
     return config
 
 
+def netns_warning(config: LabConfig, have_nft: bool) -> str | None:
+    """The one-line warning for a netns lab that can't enforce NetworkPolicy between pods."""
+    if config.mode != "netns" or have_nft or "runtime" in config.disabled:
+        return None
+    return ("nft not found (apt-get install nftables): NetworkPolicy is not enforced between pods "
+            "(only on Service traffic, by the proxy), and a pod a policy isolates will not start")
+
+
 def run(args: argparse.Namespace) -> int:
     from kubelab.controller.cli import run_async
 
     try:
         config = config_from_args(args)
-        problem = None
-        if config.mode != "local":
-            from kubelab.runtime.netns import supported
+        from kubelab.runtime.netns import supported
 
-            problem = check_mode_supported(config.mode, supported())
+        problem = check_mode_supported(config.mode, supported)
         if problem:
             raise ConfigError(problem)
     except ConfigError as exc:
         print(f"kubelab up: {exc}", file=sys.stderr)
         return 1
+    warning = netns_warning(config, shutil.which("nft") is not None)
+    if warning:
+        print(f"kubelab up: warning: {warning}", file=sys.stderr)
     return run_async(serve(config, args))
 
 

@@ -282,11 +282,17 @@ def label_value(value: str) -> list[str]:
     return out
 
 
+_RE_IPV4_ASCII = re.compile(r"(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})", re.ASCII)
+
+
 def is_ip(value: Any) -> bool:
     if not isinstance(value, str):
         return False
     if ":" not in value:  # the common case, without ipaddress's cost (50,000-pod imports)
-        parts = value.split(".")
+        m = _RE_IPV4_ASCII.fullmatch(value)
+        if m is not None:
+            return max(map(int, m.groups())) <= 255
+        parts = value.split(".")  # what the pattern leaves (non-ASCII digits...), judged as always
         return len(parts) == 4 and all(p.isdigit() and len(p) <= 3 and int(p) <= 255 for p in parts)
     try:
         ipaddress.ip_address(value)

@@ -11,8 +11,8 @@ namespace, where ``/etc/resolv.conf`` carries the cluster search path -- so
 ``kubelab exec default/client -- curl http://my-service`` works as inside a Kubernetes
 pod. The exit status is the command's.
 
-``down`` removes every namespace, link, file, rule and route a netns lab made (also
-after a crash).
+``down`` removes every namespace, link, file, rule and route a netns lab made, after a
+crash; it refuses while a lab with that prefix runs (the lab's lock, see runtime.netns).
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         _common(p)
         p.set_defaults(func=cmd_wait)
 
-    p = sub.add_parser("down", help="remove what a netns lab left behind (namespaces, links, files, routes)")
+    p = sub.add_parser("down", help="remove what a crashed netns lab left behind (namespaces, links, files, routes)")
     p.add_argument("--netns-prefix", "--prefix", dest="prefix", default=DEFAULT_NETNS_PREFIX,
                    help="the lab's --netns-prefix (kubelab up --mode netns)")
     p.set_defaults(func=cmd_down)
@@ -357,15 +357,22 @@ async def _wait(args: argparse.Namespace, names: list[str], timeout: float) -> i
 
 
 def cmd_down(args: argparse.Namespace) -> int:
-    from kubelab.runtime.netns import cleanup
+    from kubelab.runtime.netns import LabLock, LabRunning, check_prefix, cleanup, is_lab_netns
 
+    problem = check_prefix(args.prefix)
+    if problem:
+        return _err(problem)
     if os.geteuid() != 0:
         leftovers = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-        if any(line.startswith(args.prefix) for line in leftovers.splitlines()):
+        if any(is_lab_netns(args.prefix, (line.split() or [""])[0]) for line in leftovers.splitlines()):
             return _err("kubelab down needs root to remove network namespaces (sudo kubelab down)")
         print("nothing to clean up")
         return 0
-    removed = cleanup(args.prefix)
+    try:
+        with LabLock(args.prefix):
+            removed = cleanup(args.prefix)
+    except LabRunning as exc:
+        return _err(f"{exc}: stop it instead (Ctrl-C, or kill the pid)")
     for item in removed:
         print(f"removed {item}")
     if not removed:

@@ -72,6 +72,8 @@ class RuntimeConfig:
     remove_logs: bool = False  # remove log_dir on close (ephemeral labs)
     backoff_base: float = 10.0  # kubelet's crash-loop back-off: 10 s doubling ...
     backoff_cap: float = 300.0  # ... to 5 min
+    sandbox_backoff_base: float = 1.0  # a failed pod network is retried after 1 s doubling ...
+    sandbox_backoff_cap: float = 30.0  # ... to 30 s (``sandbox_backoff``)
     max_grace: float | None = None  # cap every grace period (tests; None: the pod's own)
     shutdown_grace: float = 5.0  # grace for pods still running when the runtime closes
     python: str = sys.executable  # runs kubelab/echo
@@ -85,7 +87,9 @@ class RuntimeConfig:
         if mode == "netns":
             from kubelab.runtime.netns import NetnsConfig
 
-            local = tuple(str(c) for c in (*config.service_cidrs, config.lb_pool) if c.version == 4)
+            from kubelab.runtime.netpol_enforce import proxied_cidrs
+
+            local = proxied_cidrs(config.service_cidrs, config.lb_pool)
             netns_cfg = NetnsConfig(pod_cidr=config.pod_cidr, dns_ip=_dns_ip(config),
                                     cluster_domain=config.cluster_domain, local_cidrs=local,
                                     prefix=getattr(config, "netns_prefix", None) or "kl-")
@@ -193,10 +197,18 @@ class PodRun:
     writer: asyncio.Task[None] | None = None
     grace: float = 30.0  # spec.terminationGracePeriodSeconds, for when the pod is gone already
     transitions: dict[str, tuple[str, str]] = field(default_factory=dict)  # cond type -> (status, time)
+    sandbox_failed: bool = False  # the pod network failed: torn down, rebuilt after a back-off
+    sandbox_retry: asyncio.TimerHandle | None = None  # pending until the back-off ends
 
     @property
     def key(self) -> str:
         return f"{self.namespace}/{self.name}"
+
+
+def sandbox_backoff(failures: int, base: float = 1.0, cap: float = 30.0) -> float:
+    """Seconds before building a pod's network again after ``failures`` failed attempts
+    in a row (1 s, 2 s, 4 s ... 30 s by default), as kubelet backs off sandbox creation."""
+    return min(base * 2 ** max(0, failures - 1), cap)
 
 
 # --------------------------------------------------------------------------- status (pure)
@@ -296,7 +308,8 @@ class PodRuntime:
     and before any of its containers starts (NetworkPolicy enforcement installs the pod's
     rules there, so no packet leaves the pod before its policy holds). If it raises, the
     pod's containers wait with reason ``CreatePodSandboxError``, as kubelet shows a CNI
-    failure.
+    failure; the namespace is torn down and built again after a back-off
+    (``sandbox_backoff``, per pod), until it works or the pod is deleted.
     """
 
     def __init__(self, registry: Any, config: Any, runtime_config: RuntimeConfig | None = None, *,
@@ -316,6 +329,7 @@ class PodRuntime:
         self._watch_task: asyncio.Task[None] | None = None
         self._pod_tasks: dict[str, asyncio.Task[None]] = {}
         self._pending: set[str] = set()
+        self._sandbox_failures: dict[str, tuple[str, int]] = {}  # pod key -> (uid, failures in a row)
         self._closing = False
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -397,11 +411,13 @@ class PodRuntime:
     # -- reading ------------------------------------------------------------------------
 
     def log_path(self, namespace: str, name: str, container: str | None = None, *,
-                 previous: bool = False) -> Path | None:
-        """The log file ``kubelab logs`` shows (``previous``: the run before the current one)."""
+                 previous: bool = False, uid: str | None = None) -> Path | None:
+        """The log file ``kubelab logs`` shows (``previous``: the run before the current one;
+        ``uid``: of that pod only, not of an earlier pod of the same name)."""
         run = self.pods.get(f"{namespace}/{name}")
-        if run is None:
-            return find_log(self._log_root, namespace, name, container, previous=previous) if self._log_root else None
+        if run is None or (uid is not None and run.uid != uid):
+            return find_log(self._log_root, namespace, name, container, previous=previous, uid=uid) \
+                if self._log_root else None
         c = next((c for c in run.containers if container in (None, c.name)), None)
         if c is None:
             return None
@@ -412,16 +428,16 @@ class PodRuntime:
         return path if path.exists() else None
 
     def read_log(self, namespace: str, name: str, container: str | None = None, *, previous: bool = False,
-                 tail_lines: int | None = None) -> bytes | None:
+                 tail_lines: int | None = None, limit_bytes: int | None = None,
+                 uid: str | None = None) -> bytes | None:
         """A container's output, for an API ``pods/{name}/log`` handler (``kubectl logs``)."""
-        path = self.log_path(namespace, name, container, previous=previous)
+        path = self.log_path(namespace, name, container, previous=previous, uid=uid)
         if path is None:
             return None
-        data = path.read_bytes()
-        if tail_lines is not None:
-            lines = data.splitlines(keepends=True)
-            data = b"".join(lines[len(lines) - tail_lines:]) if tail_lines > 0 else b""
-        return data
+        try:
+            return read_log_file(path, tail_lines=tail_lines, limit_bytes=limit_bytes)
+        except FileNotFoundError:
+            return None
 
     def netns_of(self, namespace: str, name: str) -> str | None:
         run = self.pods.get(f"{namespace}/{name}")
@@ -485,10 +501,16 @@ class PodRuntime:
             await self._stop_pod(run, self._grace(pod) if same else self._cap(run.grace))
             run = None
         if pod is None or not is_run_pod(pod):
+            self._sandbox_failures.pop(key, None)
             return
         if pod["metadata"].get("deletionTimestamp"):
             await self._terminate(pod, run)
             return
+        if run is not None and run.sandbox_failed:
+            if run.sandbox_retry is not None:
+                return  # backing off; the timer syncs the pod again
+            await self._stop_pod(run, 0, release=False)  # keeps the IP: status.podIP still names it
+            run = None
         if run is None:
             await self._start_pod(pod)
 
@@ -530,12 +552,9 @@ class PodRuntime:
                     run.dirty.set()
                     await self.on_pod_network(run.netns, ip)
             except Exception as exc:  # e.g. NetnsError: say so on the pod, as FailedCreatePodSandBox would
-                log.error("pod %s: network namespace: %s", key, exc)
-                for c in run.containers:
-                    c.state = {"waiting": {"reason": "CreatePodSandboxError",
-                                           "message": f"failed to set up the pod network: {exc}"}}
-                run.dirty.set()
+                await self._sandbox_failed(run, exc)
                 return
+            self._sandbox_failures.pop(key, None)
         services = self.registry.store.snapshot().list("Service", run.namespace)
         policy = spec.get("restartPolicy") or "Always"
         for c in run.containers:
@@ -558,6 +577,31 @@ class PodRuntime:
                                                name=f"{key}/{c.name}")
             c.supervisor.start()
         run.dirty.set()
+
+    async def _sandbox_failed(self, run: PodRun, exc: BaseException) -> None:
+        """The pod network could not be built: report it, tear the namespace down and
+        build it again after a back-off (the PodRun stays, holding the IP and the status)."""
+        uid, failures = self._sandbox_failures.get(run.key, (run.uid, 0))
+        failures = (failures if uid == run.uid else 0) + 1
+        self._sandbox_failures[run.key] = (run.uid, failures)
+        delay = sandbox_backoff(failures, self.config.sandbox_backoff_base, self.config.sandbox_backoff_cap)
+        log.error("pod %s: network namespace: %s (retrying in %gs)", run.key, exc, delay)
+        run.sandbox_failed = True
+        if self._netns_by_ip.get(run.ip) == run.netns:
+            del self._netns_by_ip[run.ip]
+        run.netns = None
+        await self._netns.remove_pod(run.namespace, run.name)  # also what a failed add_pod left
+        for c in run.containers:
+            c.state = {"waiting": {"reason": "CreatePodSandboxError",
+                                   "message": f"failed to set up the pod network: {exc} (back-off {delay:g}s)"}}
+        run.dirty.set()
+
+        def due(run: PodRun = run) -> None:
+            run.sandbox_retry = None
+            if self.pods.get(run.key) is run:
+                self._schedule(run.key)
+
+        run.sandbox_retry = asyncio.get_running_loop().call_later(delay, due)
 
     # -- container events -----------------------------------------------------------------
 
@@ -694,6 +738,9 @@ class PodRuntime:
                 raise
 
     async def _stop_pod(self, run: PodRun, grace: float, *, release: bool = True, final_status: bool = False) -> None:
+        if run.sandbox_retry is not None:
+            run.sandbox_retry.cancel()
+            run.sandbox_retry = None
         for c in run.containers:
             await self._stop_probes(c)
         await asyncio.gather(*(c.supervisor.stop(grace) for c in run.containers if c.supervisor is not None))
@@ -771,6 +818,42 @@ def _same_status(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> bool:
 def _key(pod: Mapping[str, Any]) -> str:
     meta = pod.get("metadata") or {}
     return f"{meta.get('namespace') or 'default'}/{meta.get('name')}"
+
+
+LOG_CHUNK = 64 * 1024
+
+
+def read_log_file(path: Path, *, tail_lines: int | None = None, limit_bytes: int | None = None,
+                  chunk: int = LOG_CHUNK) -> bytes:
+    """The log's last ``tail_lines`` lines (all: None), then its first ``limit_bytes`` of
+    those, as kubelet answers; a long log is read backwards from its end in ``chunk``s
+    until enough lines are found, never whole."""
+    with open(path, "rb") as f:
+        size = f.seek(0, os.SEEK_END)
+        if tail_lines is None:
+            f.seek(0)
+            return f.read() if limit_bytes is None else f.read(limit_bytes)
+        if tail_lines <= 0:
+            return b""
+        pos, data = size, b""
+        # tail_lines lines = that many newlines, plus one more to find where the first starts
+        # (a final line without newline counts as a line too)
+        while pos > 0:
+            step = min(chunk, pos)
+            pos -= step
+            f.seek(pos)
+            data = f.read(step) + data
+            body = data[:-1] if data.endswith(b"\n") else data
+            if body.count(b"\n") >= tail_lines:
+                break
+    lines = [line + b"\n" for line in data.split(b"\n")]  # "\n" ends a line (kubelet's tail), not "\r"
+    lines[-1] = lines[-1][:-1]
+    if not lines[-1]:
+        lines.pop()
+    if pos > 0:  # the first line read may be partial, but there were enough whole lines
+        lines = lines[1:] if len(lines) > tail_lines else lines
+    out = b"".join(lines[len(lines) - tail_lines:] if len(lines) > tail_lines else lines)
+    return out if limit_bytes is None else out[:limit_bytes]
 
 
 def find_log(root: Path | None, namespace: str, name: str, container: str | None, *,

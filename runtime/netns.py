@@ -1,7 +1,9 @@
 """netns mode: one Linux network namespace per pod, on a bridge, with real pod IPs.
 
 Layout (what ``kubelab up --mode netns`` builds; all names start with ``prefix``,
-``kl-`` by default, so ``cleanup(prefix)`` can find everything after a crash):
+``kl-`` by default, and follow the patterns below, so ``cleanup(prefix)`` finds
+everything after a crash and nothing else -- ``check_prefix`` keeps prefixes short and
+unlike other tools' names, and cleanup matches the whole name, not just the prefix):
 
 - a bridge ``<prefix>br0`` in the node (root) namespace holding the pod CIDR's first
   address as the pods' gateway;
@@ -11,8 +13,12 @@ Layout (what ``kubelab up --mode netns`` builds; all names start with ``prefix``
 - ``/etc/netns/<netns>/resolv.conf`` with the cluster search path and the DNS service
   IP, and ``/etc/netns/<netns>/hosts`` with the pod's own name (kubelet writes the same
   into a pod's /etc/hosts); ``ip netns exec`` bind-mounts both over /etc;
-- service IPs are not the runtime's business: the proxy claims the service CIDR as a
-  local route in the node namespace, and pods reach it through their default route;
+- the service CIDRs and the LB pool routed as local in the node namespace (the DNS
+  server and the proxy bind addresses in them; pods reach them through their default
+  route). Routes carry no name, so the lab records them in
+  ``/run/kubelab/<prefix>.routes`` before adding them and cleanup deletes exactly those;
+- ``/run/kubelab/<prefix>.lock``, flocked for the lab's lifetime: a second lab (or a
+  ``kubelab down``) with the same prefix is refused instead of tearing the first down;
 - when another tool (dockerd) left ``iptables -P FORWARD DROP`` with br_netfilter on,
   bridged pod-to-pod traffic would be dropped, so an accept rule for the bridge is
   inserted into ``ip filter FORWARD``, commented ``<prefix>lab`` so cleanup finds it.
@@ -28,6 +34,7 @@ import ipaddress
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -38,11 +45,39 @@ log = logging.getLogger(__name__)
 
 NETNS_RUN_DIR = Path("/var/run/netns")
 NETNS_ETC_DIR = Path("/etc/netns")
-ROUTE_PROTO = 252  # routes kubelab adds carry this protocol number, so cleanup can find them
+STATE_DIR = Path("/run/kubelab")  # <prefix>.lock and <prefix>.routes of running labs
+ROUTE_PROTO = 252  # routes kubelab adds carry this protocol number (see proxy.vip)
+DEFAULT_PREFIX = "kl-"
+
+# What --netns-prefix may be: short (interface names are at most 15 bytes and a veth is
+# the prefix plus a hash) and, for safety, unlike the names other tools give interfaces
+# and namespaces (cleanup only ever matches the lab's own patterns, but a prefix that
+# reads like docker's or a CNI plugin's invites mistakes in `kubelab down`).
+PREFIX_RE = re.compile(r"[a-z][a-z0-9]{0,6}-")
+RESERVED_PREFIXES = ("br-", "cali", "cilium", "cni", "docker", "eth", "flannel", "kube", "lo", "lxc", "tap",
+                     "tun", "veth", "virbr", "vxlan", "weave", "wg", "wl", "en")
+# <namespace>_<pod>: a DNS label, "_" (never in a Kubernetes name), a DNS subdomain
+_POD_PART = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?_[a-z0-9]([-.a-z0-9]*[a-z0-9])?"
 
 
 class NetnsError(RuntimeError):
     """A failed ip/nft command, with its stderr."""
+
+
+class LabRunning(NetnsError):
+    """Another live lab holds this prefix's lock."""
+
+
+def check_prefix(prefix: str, flag: str = "--netns-prefix") -> str | None:
+    """The one-line error for a prefix ``kubelab up``/``down`` must refuse, or None (pure)."""
+    if not PREFIX_RE.fullmatch(prefix):
+        return (f"{flag} {prefix!r}: 1 to 8 characters: a lowercase letter, up to 6 lowercase letters or "
+                "digits, then '-' (like kl-)")
+    stem = prefix.rstrip("-")
+    clash = next((r for r in RESERVED_PREFIXES if prefix.startswith(r) or stem == r.rstrip("-")), None)
+    if clash is not None:
+        return f"{flag} {prefix!r}: looks like the names of another tool's interfaces ({clash}...): pick another"
+    return None
 
 
 @dataclass(frozen=True)
@@ -52,7 +87,7 @@ class NetnsConfig:
     pod_cidr: ipaddress.IPv4Network
     dns_ip: str
     cluster_domain: str = "cluster.local"
-    prefix: str = "kl-"
+    prefix: str = DEFAULT_PREFIX
     mtu: int = 1500
     # CIDRs routed as local in the node namespace (service CIDR, LB pool): the proxy and
     # the DNS server bind addresses in them, and pods reach them through their gateway
@@ -88,9 +123,34 @@ def netns_name(prefix: str, namespace: str, name: str) -> str:
 
 def veth_name(prefix: str, namespace: str, name: str) -> str:
     """Interface names are at most 15 bytes: the prefix plus a hash of the pod."""
-    room = max(4, 15 - len(prefix))
+    room = veth_room(prefix)
     digest = hashlib.sha1(f"{namespace}/{name}".encode()).hexdigest()[:room]
     return f"{prefix}{digest}"[:15]
+
+
+def veth_room(prefix: str) -> int:
+    return max(4, 15 - len(prefix))
+
+
+def is_lab_netns(prefix: str, name: str) -> bool:
+    """Is ``name`` a pod namespace (or /etc/netns dir) of the lab with ``prefix``?"""
+    return name.startswith(prefix) and re.fullmatch(_POD_PART, name[len(prefix):]) is not None
+
+
+def is_lab_veth(prefix: str, ifname: str, master: str | None) -> bool:
+    """Is ``ifname`` the node side of a pod's veth (``veth_name``): the prefix plus the
+    hash, on the lab's bridge (or on none, once the bridge is gone)?"""
+    if not ifname.startswith(prefix) or master not in (None, f"{prefix}br0"):
+        return False
+    digest = ifname[len(prefix):]
+    return len(ifname) == min(15, len(prefix) + veth_room(prefix)) and re.fullmatch(r"[0-9a-f]+", digest) is not None
+
+
+def lab_links(prefix: str, links: Sequence[dict]) -> list[str]:
+    """Which of ``ip -j link show``'s links are the lab's: veths first, the bridge last (pure)."""
+    bridge = f"{prefix}br0"
+    veths = [ln["ifname"] for ln in links if is_lab_veth(prefix, ln.get("ifname", ""), ln.get("master"))]
+    return veths + [ln["ifname"] for ln in links if ln.get("ifname") == bridge]
 
 
 def resolv_conf(namespace: str, dns_ip: str, cluster_domain: str) -> str:
@@ -214,28 +274,100 @@ async def run(argv: Sequence[str], *, check: bool = True) -> str:
     return proc.stdout
 
 
+def routes_file(prefix: str, state_dir: Path | None = None) -> Path:
+    return (state_dir or STATE_DIR) / f"{prefix}.routes"
+
+
+def record_routes(prefix: str, cidrs: Sequence[str], state_dir: Path | None = None) -> None:
+    """Note the lab's local routes *before* adding them, so that cleanup after a crash
+    deletes exactly those (routes carry no name; proto 252 is shared with other labs)."""
+    path = routes_file(prefix, state_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(f"{c}\n" for c in cidrs))
+    tmp.replace(path)
+
+
+def recorded_routes(prefix: str, state_dir: Path | None = None) -> list[str]:
+    try:
+        return [line.strip() for line in routes_file(prefix, state_dir).read_text().splitlines() if line.strip()]
+    except OSError:
+        return []
+
+
+class LabLock:
+    """``/run/kubelab/<prefix>.lock``, flocked while a lab (or ``kubelab down``) uses the
+    prefix; the kernel drops it when the process dies, so a crashed lab holds nothing."""
+
+    def __init__(self, prefix: str, state_dir: Path | None = None) -> None:
+        self.prefix = prefix
+        self.path = (state_dir or STATE_DIR) / f"{prefix}.lock"
+        self._fd: int | None = None
+
+    def acquire(self) -> "LabLock":
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise LabRunning(f"a lab with prefix {self.prefix} is running (pid {pid})") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the only descriptor drops the flock
+            self._fd = None
+
+    def __enter__(self) -> "LabLock":
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
 class Netns:
     """Builds and removes pod namespaces for one lab (all names start with cfg.prefix)."""
 
-    def __init__(self, cfg: NetnsConfig):
+    def __init__(self, cfg: NetnsConfig, state_dir: Path | None = None):
         self.cfg = cfg
+        self.state_dir = state_dir
         self._lock = asyncio.Lock()
+        self._lab_lock: LabLock | None = None
         self._forward_rule = False
 
     def name(self, namespace: str, pod: str) -> str:
         return netns_name(self.cfg.prefix, namespace, pod)
 
     async def start(self) -> None:
-        """Create the bridge (after removing leftovers of an earlier, crashed lab)."""
-        await asyncio.to_thread(cleanup, self.cfg.prefix)
-        for argv in bridge_commands(self.cfg) + local_route_commands(self.cfg):
-            await run(argv)
-        if shutil.which("nft"):
-            ruleset = await run(["nft", "-j", "list", "ruleset"], check=False)
-            if forward_rule_needed(ruleset):
-                await run(["nft", "insert", "rule", "ip", "filter", "FORWARD", "iifname", self.cfg.bridge,
-                           "accept", "comment", f'"{self.cfg.prefix}lab"'])
-                self._forward_rule = True
+        """Take the prefix's lock, remove the leftovers of an earlier, crashed lab, then
+        create the bridge and the local routes. Raises LabRunning when a live lab has the
+        prefix (and then touches nothing)."""
+        self._lab_lock = LabLock(self.cfg.prefix, self.state_dir).acquire()
+        try:
+            await asyncio.to_thread(cleanup, self.cfg.prefix, self.state_dir)
+            for argv in bridge_commands(self.cfg):
+                await run(argv)
+            await asyncio.to_thread(record_routes, self.cfg.prefix, self.cfg.local_cidrs, self.state_dir)
+            for argv in local_route_commands(self.cfg):
+                await run(argv)
+            if shutil.which("nft"):
+                ruleset = await run(["nft", "-j", "list", "ruleset"], check=False)
+                if forward_rule_needed(ruleset):
+                    await run(["nft", "insert", "rule", "ip", "filter", "FORWARD", "iifname", self.cfg.bridge,
+                               "accept", "comment", f'"{self.cfg.prefix}lab"'])
+                    self._forward_rule = True
+        except BaseException:
+            await asyncio.to_thread(cleanup, self.cfg.prefix, self.state_dir)
+            self._lab_lock.release()
+            self._lab_lock = None
+            raise
 
     async def add_pod(self, namespace: str, name: str, pod_ip: str, *, hostname: str, fqdn: str | None,
                       spec: dict | None = None) -> str:
@@ -269,9 +401,12 @@ class Netns:
         shutil.rmtree(NETNS_ETC_DIR / ns, ignore_errors=True)
 
     async def close(self) -> None:
-        for argv in local_route_commands(self.cfg, "del"):
-            await run(argv, check=False)
-        await asyncio.to_thread(cleanup, self.cfg.prefix)
+        """Remove everything of the lab and release the prefix (idempotent)."""
+        if self._lab_lock is None:
+            return
+        await asyncio.to_thread(cleanup, self.cfg.prefix, self.state_dir)
+        self._lab_lock.release()
+        self._lab_lock = None
 
 
 def _kill_netns_pids(ns: str) -> None:
@@ -285,11 +420,13 @@ def _kill_netns_pids(ns: str) -> None:
             pass
 
 
-def cleanup(prefix: str = "kl-") -> list[str]:
-    """Remove every namespace, link, /etc/netns dir, nft rule and route of a lab.
+def cleanup(prefix: str = DEFAULT_PREFIX, state_dir: Path | None = None) -> list[str]:
+    """Remove the namespaces, links, /etc/netns dirs, nft rule and routes of a lab.
 
-    Safe to run at any time (``kubelab down``, or the next start after a crash); returns
-    what it removed, for the command's output.
+    Only the lab's own names match (``is_lab_netns``, ``lab_links``: the bridge
+    ``<prefix>br0``, veths named ``<prefix><hash>`` on it), and only the routes recorded
+    in ``<prefix>.routes``. Run by ``kubelab down`` (which first takes the prefix's lock)
+    and by the next start after a crash; returns what it removed, for the output.
     """
     if not prefix:
         raise ValueError("refusing to clean up with an empty prefix")
@@ -298,22 +435,20 @@ def cleanup(prefix: str = "kl-") -> list[str]:
         return removed
     for line in _run(["ip", "netns", "list"], check=False).stdout.splitlines():
         ns = line.split()[0] if line.split() else ""
-        if ns.startswith(prefix):
+        if is_lab_netns(prefix, ns):
             _kill_netns_pids(ns)
             _run(["ip", "netns", "del", ns], check=False)
             removed.append(f"netns {ns}")
-    links = _run(["ip", "-j", "link", "show"], check=False).stdout
     try:
-        names = [link["ifname"] for link in json.loads(links or "[]")]
+        links = json.loads(_run(["ip", "-j", "link", "show"], check=False).stdout or "[]")
     except ValueError:
-        names = []
-    for ifname in sorted(names, key=lambda n: n.endswith("br0")):  # veths first, bridge last
-        if ifname.startswith(prefix):
-            _run(["ip", "link", "del", ifname], check=False)
+        links = []
+    for ifname in lab_links(prefix, links):
+        if _run(["ip", "link", "del", ifname], check=False).returncode == 0:
             removed.append(f"link {ifname}")
     if NETNS_ETC_DIR.is_dir():
         for d in NETNS_ETC_DIR.iterdir():
-            if d.name.startswith(prefix):
+            if is_lab_netns(prefix, d.name):
                 shutil.rmtree(d, ignore_errors=True)
                 removed.append(f"dir {d}")
     if shutil.which("nft"):
@@ -321,11 +456,12 @@ def cleanup(prefix: str = "kl-") -> list[str]:
         for family, table, chain, handle in rules_with_comment(ruleset, f"{prefix}lab"):
             _run(["nft", "delete", "rule", family, table, chain, "handle", str(handle)], check=False)
             removed.append(f"nft rule {family} {table} {chain} {handle}")
-    if prefix == "kl-":  # routes carry no name: only the lab's own prefix owns proto 252
-        for table in ("main", "local"):
-            out = _run(["ip", "route", "show", "table", table, "proto", str(ROUTE_PROTO)], check=False).stdout
-            for route in out.splitlines():
-                if route.strip():
-                    _run(["ip", "route", "del", "table", table, *route.split()], check=False)
-                    removed.append(f"route {route.strip()} (table {table})")
+    for cidr in recorded_routes(prefix, state_dir):
+        argv = ["ip", "route", "del", "local", cidr, "dev", "lo", "table", "local", "proto", str(ROUTE_PROTO)]
+        if _run(argv, check=False).returncode == 0:
+            removed.append(f"route local {cidr} (table local)")
+    try:
+        routes_file(prefix, state_dir).unlink()
+    except OSError:
+        pass
     return removed

@@ -127,6 +127,35 @@ async def test_readiness_flip_reaches_zone_and_routes():
         assert {e["targetRef"]["name"]: e["conditions"]["ready"] for e in es["endpoints"]} == {"web-a": False, "web-b": True}
 
 
+async def test_echo_of_own_slice_write_does_not_cost_a_sync():
+    """A flip is one sync: the watch echo of the slice it wrote asks for no second one."""
+    async with Lab() as lab:
+        await lab.registry.apply([service(), sim_pod("web-a", "127.244.0.10"), sim_pod("web-b", "127.244.0.11")])
+        await wait_for(lambda: zone_endpoints(lab, "default/web") == [("127.244.0.10", True), ("127.244.0.11", True)])
+        asks = []
+        real_run = lab.manager._runner.run
+
+        def counting_run():
+            asks.append(lab.store.resource_version)
+            real_run()
+
+        lab.manager._runner.run = counting_run
+        await lab.registry.apply([sim_pod("web-a", "127.244.0.10", ready=False)])
+
+        def slice_flipped():
+            (es,) = lab.snap().list("EndpointSlice", "default")
+            return {e["targetRef"]["name"]: e["conditions"]["ready"] for e in es["endpoints"]}["web-a"] is False
+
+        await wait_for(slice_flipped)
+        await wait_for(lambda: lab.manager._rv == lab.store.resource_version)  # the echo was indexed
+        assert len(asks) == 1  # the pod's event only
+        # ...and a slice changed by someone else is still news (repaired by a sync)
+        (es,) = lab.snap().list("EndpointSlice", "default")
+        await lab.registry.update_status({**es, "endpoints": []})
+        await wait_for(lambda: len(asks) == 2)
+        await wait_for(lambda: len(lab.snap().list("EndpointSlice", "default")[0]["endpoints"]) == 2)
+
+
 async def test_publishes_only_on_change():
     async with Lab() as lab:
         await lab.registry.apply([service(), sim_pod("web-a", "127.244.0.10")])

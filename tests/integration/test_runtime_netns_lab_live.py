@@ -17,7 +17,7 @@ require_netns("curl", "getent")
 
 async def test_pod_uses_cluster_dns_and_services_by_short_name(tmp_path):
     x = free_octet(252, 253, 254)
-    prefix = netns_prefix("kl-l")
+    prefix = netns_prefix("kv")
     api_port = free_port()
     config = netns_lab_config(x, prefix, api_port, services=253, pods=254, lb_pool=252,
                               manifests=(ROOT / "examples" / "dns",))

@@ -24,7 +24,7 @@ async def netns_lab(tmp_path):
     from kubelab.controller.config import LabConfig
     from kubelab.runtime.manager import PodRuntime, RuntimeConfig
 
-    prefix = netns_prefix("kl-t")
+    prefix = netns_prefix("kt")
     x = free_octet(253, 254)
     net = ipaddress.ip_network(f"10.254.{x}.0/24")
     svc_net = ipaddress.ip_network(f"10.253.{x}.0/24")
@@ -149,7 +149,7 @@ def test_kubelab_down_removes_leftovers(capsys):
 
     from kubelab.runtime.cli import cmd_down
 
-    prefix = netns_prefix("kl-d")
+    prefix = netns_prefix("kd")
     subprocess.run(["ip", "netns", "add", f"{prefix}default_p"], check=True)
     subprocess.run(["ip", "link", "add", f"{prefix}br0", "type", "bridge"], check=True)
     try:

@@ -174,3 +174,28 @@ def test_large_services_are_split_at_100_endpoints():
     changed = [a["metadata"]["name"] for a, b in zip(slices, flipped) if slice_content(a) != slice_content(b)]
     assert changed == ["web-ipv4-2"]
     assert len(slices_for_service(svc(), pods, max_endpoints=1000)) == 1
+
+
+@pytest.mark.parametrize(
+    "selector, labels, selected",
+    [
+        ({"app": "web"}, {"app": "web"}, True),
+        ({"app": "web"}, {"app": "web", "tier": "fe"}, True),  # extra pod labels are fine
+        ({"app": "web", "tier": "fe"}, {"app": "web", "tier": "fe"}, True),
+        ({"app": "web", "tier": "fe"}, {"app": "web"}, False),  # every key must match
+        ({"app": "web"}, {"app": "api"}, False),
+        ({"app": "web"}, {}, False),
+        ({"app": ""}, {"app": ""}, True),  # empty values compare as values
+        ({"app": ""}, {}, False),  # ... and a missing key is not an empty value
+    ],
+)
+def test_service_selector_is_equality_on_every_key(selector, labels, selected):
+    """Service selectors go through validation.selector_matches as matchLabels: same semantics."""
+    got = endpoints(slices_for_service(svc(selector=selector), [pod("a", labels=labels)]))
+    assert ("a" in got) is selected
+
+
+def test_selector_matches_is_the_validation_one():
+    from kubelab.controller import endpointslices, validation
+
+    assert endpointslices.selector_matches is validation.selector_matches

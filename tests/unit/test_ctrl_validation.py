@@ -170,3 +170,30 @@ def test_field_error_formatting(err, text):
 
 def test_format_value_sorts_maps():
     assert format_value({"b": "1", "a": "2"}) == '{"a":"2","b":"1"}'
+
+
+def _is_ip_before_fast_path(value):
+    """is_ip as it was before the regex fast path (the reference for the table below)."""
+    import ipaddress
+
+    if not isinstance(value, str):
+        return False
+    if ":" not in value:
+        parts = value.split(".")
+        return len(parts) == 4 and all(p.isdigit() and len(p) <= 3 and int(p) <= 255 for p in parts)
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("value", [
+    "10.0.0.1", "0.0.0.0", "255.255.255.255", "256.0.0.1", "1.2.3", "1.2.3.4.5", "01.2.3.4", "001.002.003.004",
+    "1.2.3.1000", "1.2.3.-4", "1.2.3.+4", " 1.2.3.4", "1.2.3.4 ", "1.2.3.4\n", "a.b.c.d", "", "...", "1..2.3",
+    "\u0661.\u0662.\u0663.\u0664", "1.2.3.x", "fd00::1", "::", "1.2.3.4::", None, 7,
+])
+def test_is_ip_fast_path_agrees_with_the_reference(value):
+    from kubelab.controller.validation import is_ip
+
+    assert is_ip(value) is _is_ip_before_fast_path(value)

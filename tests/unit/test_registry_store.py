@@ -265,3 +265,47 @@ async def test_watch_from_a_future_version_is_gone(store):
     await store.commit([Write("create", pod("a"))])
     with pytest.raises(Gone, match="too large"):
         store.watch(50)
+
+
+async def test_sqlite_new_database_uses_big_pages_and_a_rowid_table(tmp_path):
+    import sqlite3
+
+    from kubelab.controller.sqlite_store import PAGE_SIZE
+
+    s = SqliteStore(tmp_path)
+    await s.commit([Write("create", pod("a"))])
+    await s.close()
+    db = sqlite3.connect(str(tmp_path / "registry.db"))
+    try:
+        assert db.execute("PRAGMA page_size").fetchone()[0] == PAGE_SIZE
+        (sql,) = db.execute("SELECT sql FROM sqlite_master WHERE name='objects'").fetchone()
+        assert "WITHOUT ROWID" not in sql and "UNIQUE" in sql
+    finally:
+        db.close()
+
+
+async def test_sqlite_database_with_the_old_without_rowid_table_still_works(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(str(path))
+    db.executescript(
+        "CREATE TABLE objects (kind TEXT NOT NULL, namespace TEXT NOT NULL, name TEXT NOT NULL,"
+        " rv INTEGER NOT NULL, data TEXT NOT NULL, PRIMARY KEY (kind, namespace, name)) WITHOUT ROWID;"
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);"
+    )
+    db.close()
+    s = SqliteStore(path)
+    (a,) = await s.commit([Write("create", pod("a"))])
+    await s.commit([Write("create", pod("b"))])
+    await s.commit([Write("update", {**a, "spec": {"containers": [{"name": "c", "image": "y"}]}})])
+    await s.commit([Write("delete", pod("b"))])
+    await s.close()
+    again = SqliteStore(path)
+    try:
+        snap = again.snapshot()
+        assert snap.resource_version == 4
+        assert [p["metadata"]["name"] for p in snap.list("Pod")] == ["a"]
+        assert snap.get("Pod", "default", "a")["spec"]["containers"][0]["image"] == "y"
+    finally:
+        await again.close()
