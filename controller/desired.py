@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import bisect
 import importlib
-import ipaddress
 import itertools
 import logging
 from typing import Any, Callable, Iterable, Mapping
@@ -52,10 +51,12 @@ def _meta(obj: Mapping[str, Any]) -> Mapping[str, Any]:
 
 
 def _family(ip: str) -> int:
-    try:
-        return ipaddress.ip_address(ip).version
-    except ValueError:
-        return 0
+    """4, 6, or 0 for something that is no address. Admission has validated pod IPs, so
+    telling the families apart is all that is left; ``ipaddress`` here cost ~1 s of the
+    rebuild after loading 50,000 pods."""
+    if ":" in ip:
+        return 6
+    return 4 if ip.count(".") == 3 else 0
 
 
 def _slice_family(es: Mapping[str, Any]) -> int:
