@@ -17,6 +17,7 @@ import gc
 import shutil
 import signal
 import sys
+import tempfile
 from pathlib import Path
 
 from kubelab.controller.config import (
@@ -84,7 +85,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--routes-sink", action="append", default=[], metavar="URL",
                    help="also publish route tables to a standalone kubelab-proxy admin URL (compose lab)")
     p.add_argument("--kubeconfig", default=None, metavar="PATH",
-                   help="where to write the kubeconfig (default: STATE_DIR/kubeconfig)")
+                   help="where to write the kubeconfig (default: STATE_DIR/kubeconfig; with "
+                        "--ephemeral, TMPDIR/kubelab-API_PORT.kubeconfig, removed at exit)")
     p.set_defaults(func=run)
 
 
@@ -159,14 +161,29 @@ def run(args: argparse.Namespace) -> int:
     return run_async(serve(config, args))
 
 
+def kubeconfig_path(config: LabConfig, explicit: str | None) -> tuple[Path | None, bool]:
+    """Where ``up`` writes its kubeconfig, and whether it is ours to remove at exit.
+
+    An ephemeral lab still gets one (kubectl is how many people look at a lab), in the
+    temp dir under the API port so that two labs never share it; it goes with the lab.
+    ``None`` lets the Lab put it in the state dir, next to the registry it belongs to.
+    """
+    if explicit:
+        return Path(explicit), False
+    if config.state_dir is not None:
+        return None, False
+    return Path(tempfile.gettempdir()) / f"kubelab-{config.api_addr[1]}.kubeconfig", True
+
+
 async def serve(config: LabConfig, args: argparse.Namespace) -> int:
     from kubelab.controller.lab import Lab, LabError
 
+    kubeconfig, remove_kubeconfig = kubeconfig_path(config, args.kubeconfig)
     lab = Lab(
         config,
         zone_sinks=tuple(args.zone_sink),
         route_sinks=tuple(args.routes_sink),
-        kubeconfig_path=Path(args.kubeconfig) if args.kubeconfig else None,
+        kubeconfig_path=kubeconfig,
         gc_freeze=True,
     )
     stop = asyncio.Event()
@@ -215,3 +232,5 @@ async def serve(config: LabConfig, args: argparse.Namespace) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
         await lab.close()
+        if remove_kubeconfig and kubeconfig is not None:
+            kubeconfig.unlink(missing_ok=True)
