@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--healthz-timeout", type=float, default=d.healthz_timeout)
     p.add_argument("--high-water", type=int, default=d.high_water)
     p.add_argument("--low-water", type=int, default=d.low_water)
+    p.add_argument("--tcp-relay", choices=("auto", "splice", "transport"), default=d.tcp_relay,
+                   help="splice: raw sockets + splice(2) (Linux); transport: asyncio transports")
     p.add_argument("--vip-mode", choices=("local", "netns", "compose"), default=d.vip_mode)
     p.add_argument("--vip-cidr", action="append", default=[], metavar="CIDR", help="netns mode: CIDRs made local")
     p.add_argument("--vip-interface", default=d.vip_interface, help="compose mode: interface for VIPs")
@@ -82,6 +84,7 @@ def config_from_args(args: argparse.Namespace) -> ProxyConfig:
         high_water=args.high_water,
         low_water=args.low_water,
         balancer=args.balancer,
+        tcp_relay=args.tcp_relay,
         vip_mode=args.vip_mode,
         vip_cidrs=tuple(args.vip_cidr),
         vip_interface=args.vip_interface,

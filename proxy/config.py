@@ -16,8 +16,9 @@ max_connections            16384       above it a new client is reset at once (E
                                        overflow behaviour); fds are the real limit
 drain_timeout              10 s        a removed frontend's live connections get this
                                        long to finish before they are aborted
-high_water / low_water     256/64 KiB  per-transport write buffer marks: above high the
-                                       *other* side stops reading (bounded memory)
+high_water / low_water     256/64 KiB  per-direction buffer marks: above high the
+                                       *other* side stops reading (bounded memory);
+                                       the splice relay's pipe size is high_water
 udp_idle_timeout           30 s        a UDP client session without packets is dropped.
                                        userspace kube-proxy used 250 ms (--udp-timeout);
                                        modern kube-proxy relies on conntrack's 30 s, which
@@ -27,6 +28,12 @@ healthz_timeout            60 s        /healthz is 503 when a queued table has w
                                        longer than this (kube-proxy --healthz timeout)
 balancer                   roundrobin  ``roundrobin`` (userspace: over a list shuffled on
                                        every change) or ``random`` (iptables mode)
+tcp_relay                  auto        ``splice``: raw sockets, batched accept, splice(2)
+                                       between sockets through pooled pipes sized
+                                       ``high_water`` (``kubelab.proxy.zerocopy``);
+                                       ``transport``: asyncio transports
+                                       (``kubelab.proxy.splice``); ``auto``: splice
+                                       where the platform has it (Linux)
 vip_mode                   local       how VIPs are claimed: local | netns | compose
                                        (see ``kubelab.proxy.vip``)
 admin_addr                 None        admin HTTP (/healthz /metrics /routes /v1/routes)
@@ -58,6 +65,7 @@ class ProxyConfig:
     udp_max_pending: int = 64  # datagrams queued per session while its upstream socket opens
     healthz_timeout: float = 60.0
     balancer: str = "roundrobin"  # roundrobin | random
+    tcp_relay: str = "auto"  # auto | splice | transport
     vip_mode: str = "local"  # local | netns | compose
     vip_cidrs: tuple[str, ...] = ()  # netns: CIDRs routed as local on lo
     vip_interface: str = "eth0"  # compose: interface that gets the /32 addresses
@@ -69,6 +77,8 @@ class ProxyConfig:
             raise ValueError("connect_schedule needs at least one positive timeout")
         if self.balancer not in ("roundrobin", "random"):
             raise ValueError(f"balancer {self.balancer!r}: expected roundrobin or random")
+        if self.tcp_relay not in ("auto", "splice", "transport"):
+            raise ValueError(f"tcp_relay {self.tcp_relay!r}: expected auto, splice or transport")
         if self.vip_mode not in ("local", "netns", "compose"):
             raise ValueError(f"vip_mode {self.vip_mode!r}: expected local, netns or compose")
         if not 0 <= self.low_water <= self.high_water:

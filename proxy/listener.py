@@ -10,6 +10,10 @@
 * **changed** frontends: the balancer adopts the new endpoints in place. Live
   connections are never touched by an endpoint change.
 
+Accepted TCP clients are relayed by ``kubelab.proxy.zerocopy`` (raw sockets, splice(2))
+or, where that is unavailable or ``tcp_relay="transport"``, by ``kubelab.proxy.splice``
+(asyncio transports); both keep the same rules and metrics.
+
 How "no endpoints" is refused (kube-proxy's REJECT): a TCP frontend whose service
 has no usable endpoint keeps a socket that is **bound but not listening**. The
 address and port stay reserved (kube-proxy's ``claimNodePort`` idea), and the
@@ -39,6 +43,7 @@ from kubelab.proxy.policy import PolicyTable
 from kubelab.proxy.splice import Downstream, ReadBuffer, sweep_idle
 from kubelab.proxy.table import Frontend, Route, RouteTable, diff
 from kubelab.proxy.vip import VipClaimer, VipError
+from kubelab.proxy import zerocopy
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +59,7 @@ CLOSED = "closed"
 class Shared:
     """State every frontend of one proxy reads on its hot path."""
 
-    __slots__ = ("config", "loop", "policy", "active", "metrics", "balancers", "rbuf")
+    __slots__ = ("config", "loop", "policy", "active", "metrics", "balancers", "rbuf", "pipes", "zerocopy", "poller")
 
     def __init__(self, config: ProxyConfig, loop: asyncio.AbstractEventLoop, metrics: ProxyMetrics) -> None:
         self.config = config
@@ -63,6 +68,14 @@ class Shared:
         self.active = 0  # open TCP client connections, all frontends
         self.metrics = metrics
         self.rbuf = ReadBuffer()
+        # Which TCP relay: raw sockets + splice(2) (kubelab.proxy.zerocopy) where the platform
+        # has it, else asyncio transports (kubelab.proxy.splice). See ProxyConfig.tcp_relay.
+        mode = config.tcp_relay
+        if mode == "splice" and not zerocopy.available():
+            raise ValueError("tcp_relay=splice needs Linux and Python >= 3.10 (os.splice)")
+        self.zerocopy = mode == "splice" or (mode == "auto" and zerocopy.available())
+        self.pipes = zerocopy.PipePool(config.high_water)
+        self.poller: zerocopy.Poller | None = None  # created with the first splice listener
         # One balancer per service port (and protocol and traffic policy), shared by all of its
         # frontends (ClusterIP, NodePort, LoadBalancer, externalIPs): kube-proxy keeps
         # round-robin and ClientIP affinity per service port, not per address. Weak values:
@@ -105,6 +118,16 @@ class BaseFrontend:
         self.state = CLOSED
         self.error: str | None = None
         self._set_route(route)
+
+    def fail(self, error: str) -> None:
+        """Mark the frontend failed. Failed frontends are retried on every route table, so
+        only a new error is a warning: the same one again (a port below 1024 without root,
+        say) would otherwise repeat for as long as the lab runs."""
+        f = self.frontend
+        level = logging.DEBUG if error == self.error else logging.WARNING
+        log.log(level, "frontend %s:%d/%s (%s): %s", f.ip, f.port, f.protocol, self.route.service, error)
+        self.state = FAILED
+        self.error = error
 
     def _set_route(self, route: Route) -> bool:
         """Adopt the route; True when the endpoint set changed."""
@@ -154,11 +177,13 @@ class BaseFrontend:
 class TcpFrontend(BaseFrontend):
     def __init__(self, frontend: Frontend, route: Route, shared: Shared) -> None:
         super().__init__(frontend, route, shared)
-        self.server: asyncio.AbstractServer | None = None
+        self.server: asyncio.AbstractServer | None = None  # transport relay
+        self.lsock: socket.socket | None = None  # zerocopy relay: listening, watched by add_reader
         self.reserve: socket.socket | None = None
-        self.connections: set[Downstream] = set()
+        self.connections: set[Any] = set()  # Downstream (transport relay) or zerocopy.Conn
         self._drained: asyncio.Event | None = None
         self._sweeper: asyncio.TimerHandle | None = None
+        self._resume: asyncio.TimerHandle | None = None
 
     def _sweep(self) -> None:
         sweep_idle(self.connections)
@@ -167,7 +192,40 @@ class TcpFrontend(BaseFrontend):
     def _factory(self) -> Downstream:
         return Downstream(self)
 
-    def connection_done(self, conn: Downstream) -> None:
+    def _accept_ready(self) -> None:
+        zerocopy.accept_ready(self, self.lsock)  # type: ignore[arg-type]
+
+    def pause_accepting(self, seconds: float) -> None:
+        """Out of fds or memory: stop watching the listening socket for a while."""
+        lsock = self.lsock
+        if lsock is None or self._resume is not None:
+            return
+        self.shared.loop.remove_reader(lsock.fileno())
+
+        def resume() -> None:
+            self._resume = None
+            if self.lsock is lsock:
+                self.shared.loop.add_reader(lsock.fileno(), self._accept_ready)
+
+        self._resume = self.shared.loop.call_later(seconds, resume)
+
+    def _listening(self) -> bool:
+        return self.server is not None or self.lsock is not None
+
+    def _stop_listening(self) -> None:
+        if self.server is not None:
+            self.server.close()  # stops accepting; live connections continue
+            self.server = None
+        if self.lsock is not None:
+            if self._resume is not None:
+                self._resume.cancel()
+                self._resume = None
+            else:
+                self.shared.loop.remove_reader(self.lsock.fileno())
+            self.lsock.close()
+            self.lsock = None
+
+    def connection_done(self, conn: Any) -> None:
         self.connections.discard(conn)
         if self._drained is not None and not self.connections:
             self._drained.set()
@@ -185,34 +243,35 @@ class TcpFrontend(BaseFrontend):
         f = self.frontend
         want_listen = self.action in (SERVE, DROP)
         try:
-            if want_listen and self.server is None:
+            if want_listen and not self._listening():
                 sock = self.reserve or bound_socket(f.ip, f.port, socket.SOCK_STREAM)
                 self.reserve = None
                 try:
-                    self.server = await self.shared.loop.create_server(
-                        self._factory, sock=sock, backlog=self.shared.config.backlog
-                    )
+                    if self.shared.zerocopy:
+                        if self.shared.poller is None:
+                            self.shared.poller = zerocopy.Poller(self.shared.loop)
+                        sock.listen(self.shared.config.backlog)
+                        self.shared.loop.add_reader(sock.fileno(), self._accept_ready)
+                        self.lsock = sock
+                    else:
+                        self.server = await self.shared.loop.create_server(
+                            self._factory, sock=sock, backlog=self.shared.config.backlog
+                        )
                 except BaseException:
                     sock.close()
                     raise
             elif not want_listen:
-                if self.server is not None:
-                    self.server.close()  # stops accepting; live connections continue
-                    self.server = None
+                self._stop_listening()
                 if self.reserve is None:
                     self.reserve = bound_socket(f.ip, f.port, socket.SOCK_STREAM)
         except OSError as exc:
-            self.state = FAILED
-            self.error = f"cannot bind {f.ip}:{f.port}/TCP: {exc.strerror or exc}"
-            log.warning("frontend %s:%d/TCP (%s): %s", f.ip, f.port, self.route.service, self.error)
+            self.fail(f"cannot bind {f.ip}:{f.port}/TCP: {exc.strerror or exc}")
             return
         self.error = None
         self.state = {SERVE: LISTENING, DROP: DROPPING}.get(self.action, REFUSING)
 
     def stop_accepting(self) -> None:
-        if self.server is not None:
-            self.server.close()
-            self.server = None
+        self._stop_listening()
         if self.reserve is not None:
             self.reserve.close()
             self.reserve = None
@@ -293,9 +352,7 @@ class ListenerManager:
                 await self.vip.claim(ip)
                 self._claimed.add(ip)
             except VipError as exc:
-                fe.state = FAILED
-                fe.error = f"cannot claim VIP {ip}: {exc}"
-                log.warning("%s", fe.error)
+                fe.fail(f"cannot claim VIP {ip}: {exc}")
                 return
         await fe.open()
 
@@ -343,6 +400,10 @@ class ListenerManager:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         self.table = None
+        if self.shared.poller is not None:
+            self.shared.poller.close()
+            self.shared.poller = None
+        self.shared.pipes.close()
         await self._release_unused()
 
     def describe(self) -> list[dict[str, Any]]:

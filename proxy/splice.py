@@ -1,4 +1,7 @@
-"""TCP relay: a downstream (client) / upstream (endpoint) Protocol pair.
+"""TCP relay on asyncio transports: a downstream (client) / upstream (endpoint) Protocol pair.
+
+The fallback relay (``ProxyConfig.tcp_relay="transport"``, or ``auto`` where splice(2) and
+epoll are missing); on Linux ``kubelab.proxy.zerocopy`` relays with raw sockets and splice.
 
 Why plain Protocols and not streams: every chunk goes straight from
 ``data_received`` into the peer's ``transport.write`` (no queue, no task, no
@@ -348,6 +351,17 @@ class Downstream(asyncio.BufferedProtocol):
             self.up.transport.resume_reading()  # type: ignore[union-attr]
         except _FLOW_ERRORS:
             pass
+
+    # -- introspection (tests, /routes) -------------------------------------
+    def buffered(self) -> int:
+        """Bytes the proxy holds for this connection (both write buffers)."""
+        n = self.transport.get_write_buffer_size() if self.transport is not None else 0
+        if self.upt is not None:
+            n += self.upt.get_write_buffer_size()
+        return n
+
+    def reading_backend(self) -> bool:
+        return self.upt is not None and self.upt.is_reading()
 
     # -- lifecycle ----------------------------------------------------------
     def close(self) -> None:

@@ -20,7 +20,7 @@ import socket
 from typing import Any
 
 from kubelab.proxy.balancer import DROP, SERVE
-from kubelab.proxy.listener import CLOSED, DROPPING, FAILED, LISTENING, REFUSING, BaseFrontend, Shared, bound_socket
+from kubelab.proxy.listener import CLOSED, DROPPING, LISTENING, REFUSING, BaseFrontend, Shared, bound_socket
 from kubelab.proxy.metrics import EndpointStats
 from kubelab.proxy.table import Backend, Frontend, Route
 
@@ -105,9 +105,7 @@ class UdpFrontend(BaseFrontend):
             try:
                 sock = bound_socket(f.ip, f.port, socket.SOCK_DGRAM)
             except OSError as exc:
-                self.state = FAILED
-                self.error = f"cannot bind {f.ip}:{f.port}/UDP: {exc.strerror or exc}"
-                log.warning("frontend %s:%d/UDP (%s): %s", f.ip, f.port, self.route.service, self.error)
+                self.fail(f"cannot bind {f.ip}:{f.port}/UDP: {exc.strerror or exc}")
                 return
             self.transport, _ = await self.shared.loop.create_datagram_endpoint(lambda: _Listen(self), sock=sock)
             self._arm()

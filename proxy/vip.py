@@ -3,8 +3,14 @@
 * ``local`` (default): no-op. Linux routes all of 127.0.0.0/8 to ``lo``, so any
   loopback VIP can be bound by an unprivileged process.
 * ``netns``: the service CIDRs are made local once at start with
-  ``ip route add local CIDR dev lo`` (table local); then every VIP in them is
+  ``ip route add local CIDR dev lo table local proto 252``; then every VIP in them is
   bindable. Per-IP claims are no-ops. Needs CAP_NET_ADMIN in the node namespace.
+  ``proto 252`` (``RT_PROTO``; unassigned in iproute2's ``rt_protos``, which reserves
+  0-4 for the kernel and names 8-192 for routing daemons) marks the routes as
+  kubelab's: ``ip route show table local proto 252`` lists them. The proxy removes
+  only the routes it added itself: in a lab the runtime adds them first, records them
+  and removes them after a crash (``kubelab down``); a global flush here would take
+  down every other lab's routes on the machine.
 * ``compose``: each VIP is added to an interface as a /32 (``ip addr add IP/32 dev
   eth0``) and answered by ARP, as MetalLB's L2 mode does; released with
   ``ip addr del`` when no frontend uses it any more.
@@ -35,8 +41,9 @@ class VipClaimer(Protocol):
     async def close(self) -> None: ...
 
 
-async def run_ip(*args: str, ok_if: Sequence[str] = ()) -> None:
-    """Run ``ip ARGS``; an error whose message contains one of ``ok_if`` is success."""
+async def run_ip(*args: str, ok_if: Sequence[str] = ()) -> bool:
+    """Run ``ip ARGS``: True if it changed something, False if it failed with one of the
+    ``ok_if`` messages (already so); any other failure raises ``VipError``."""
     try:
         proc = await asyncio.create_subprocess_exec(
             "ip", *args, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
@@ -47,8 +54,9 @@ async def run_ip(*args: str, ok_if: Sequence[str] = ()) -> None:
     if proc.returncode:
         msg = err.decode(errors="replace").strip()
         if any(s in msg for s in ok_if):
-            return
+            return False
         raise VipError(f"ip {' '.join(args)}: {msg or 'exit status %d' % proc.returncode}")
+    return True
 
 
 class LocalClaim:
@@ -65,6 +73,9 @@ class LocalClaim:
         return None
 
 
+RT_PROTO = "252"  # routing protocol number that marks kubelab's routes (see module docstring)
+
+
 class NetnsClaim(LocalClaim):
     def __init__(self, cidrs: Sequence[str]) -> None:
         self.cidrs = tuple(cidrs)
@@ -72,13 +83,15 @@ class NetnsClaim(LocalClaim):
 
     async def start(self) -> None:
         for cidr in self.cidrs:
-            await run_ip("route", "add", "local", cidr, "dev", "lo", "table", "local", ok_if=("File exists",))
-            self._added.append(cidr)
+            if await run_ip("route", "add", "local", cidr, "dev", "lo", "table", "local", "proto", RT_PROTO,
+                            ok_if=("File exists",)):
+                self._added.append(cidr)
 
     async def close(self) -> None:
         for cidr in self._added:
             try:
-                await run_ip("route", "del", "local", cidr, "dev", "lo", "table", "local", ok_if=("No such process",))
+                await run_ip("route", "del", "local", cidr, "dev", "lo", "table", "local", "proto", RT_PROTO,
+                             ok_if=("No such process",))
             except VipError as exc:
                 log.warning("%s", exc)
         self._added.clear()

@@ -8,6 +8,7 @@ TIME_WAIT leftovers.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import random
 import socket
 from typing import Any, Awaitable, Callable
@@ -18,6 +19,10 @@ from kubelab.proxy.service import ServiceProxy
 from kubelab.proxy.table import Backend, Frontend, Route, RouteTable
 
 _rng = random.SystemRandom()
+
+# ProxyConfig.tcp_relay used by Lab.proxy() unless a test passes its own: the same scenarios
+# run on both relays (test_proxy_transport_relay.py sets "transport").
+TCP_RELAY: contextvars.ContextVar[str] = contextvars.ContextVar("TCP_RELAY", default="auto")
 
 
 def fresh_ip() -> str:
@@ -72,6 +77,7 @@ class Lab:
         await asyncio.sleep(0)
 
     async def proxy(self, **kw: Any) -> ServiceProxy:
+        kw.setdefault("tcp_relay", TCP_RELAY.get())
         p = ServiceProxy(ProxyConfig(**kw))
         await p.start()
         self.proxies.append(p)

@@ -195,11 +195,11 @@ async def test_slow_reader_keeps_proxy_buffers_bounded() -> None:
         # The client reads nothing: its socket fills up, then the proxy's write buffer.
         fe = tcp_frontend(p, f)
         conn = await until(lambda: next(iter(fe.connections), None), what="connection")
-        await until(lambda: conn.upt is not None and not conn.upt.is_reading(), what="upstream reading paused")
+        await until(lambda: conn.backend is not None and not conn.reading_backend(), what="upstream reading paused")
         for _ in range(20):
             await asyncio.sleep(0.01)  # let more data try to arrive; buffers must not grow
-            assert conn.transport.get_write_buffer_size() <= high + 256 * 1024
-            assert not conn.upt.is_reading()
+            assert conn.buffered() <= high + 256 * 1024
+            assert not conn.reading_backend()
         # now read everything: flow resumes and nothing is lost
         got = 0
         while chunk := await r.read(1 << 20):
@@ -216,8 +216,8 @@ async def test_connection_limit_resets_extra_clients() -> None:
         held = [await lab.connect(f.ip, f.port) for _ in range(2)]
         for r, _ in held:
             assert await r.readline() == b"a\n"
-        r, w = await lab.connect(f.ip, f.port)
-        try:
+        try:  # the reset may come before the client's connect() has even returned
+            r, w = await lab.connect(f.ip, f.port)
             assert await asyncio.wait_for(r.read(), 5) == b""
         except ConnectionResetError:
             pass

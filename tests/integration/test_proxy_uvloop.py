@@ -13,6 +13,7 @@ import pytest
 
 import test_proxy_tcp as tcp
 import test_proxy_udp as udp
+import test_proxy_zerocopy as zc
 
 uvloop = pytest.importorskip("uvloop")
 
@@ -28,6 +29,9 @@ SCENARIOS: list[Callable[[], Any]] = [
     tcp.test_slow_reader_keeps_proxy_buffers_bounded,
     tcp.test_connection_limit_resets_extra_clients,
     tcp.test_close_drains_then_aborts,
+    tcp.test_idle_connections_are_closed_busy_ones_kept,
+    zc.test_default_relay_is_splice_and_bytes_are_intact_and_counted,
+    zc.test_many_concurrent_short_connections,
     udp.test_udp_echo_sessions_and_idle_expiry,
     udp.test_udp_no_endpoints_is_port_unreachable,
 ]

@@ -43,7 +43,11 @@ SCRIPT = textwrap.dedent(
         server = await asyncio.start_server(handler, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         if mode == "netns":
-            cfg = ProxyConfig(vip_mode="netns", vip_cidrs=("10.96.0.0/16",))
+            # another lab's route, and one of our CIDRs that the runtime already made local:
+            # the proxy must leave both alone (it removes only what it added)
+            ip("route", "add", "local", "10.99.0.0/16", "dev", "lo", "table", "local", "proto", "252")
+            ip("route", "add", "local", "10.98.0.0/16", "dev", "lo", "table", "local", "proto", "252")
+            cfg = ProxyConfig(vip_mode="netns", vip_cidrs=("10.96.0.0/16", "10.98.0.0/16"))
             vip = "10.96.0.10"
         else:
             # a container's eth0 in real compose; lo here (no dummy/veth modules needed)
@@ -63,10 +67,12 @@ SCRIPT = textwrap.dedent(
             await p.manager.close(0.1)  # wait for the drain and the release
             assert vip not in ip("addr", "show", "dev", "lo")
         else:
-            assert "10.96.0.0/16" in ip("route", "show", "table", "local")
+            assert "10.96.0.0/16" in ip("route", "show", "table", "local", "proto", "252")
         await p.close(0.1)
         if mode == "netns":
             assert "10.96.0.0/16" not in ip("route", "show", "table", "local")
+            assert "10.98.0.0/16" in ip("route", "show", "table", "local")
+            assert "10.99.0.0/16" in ip("route", "show", "table", "local")
         server.close(); await server.wait_closed()
         print("ok")
 

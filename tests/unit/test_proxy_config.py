@@ -67,3 +67,10 @@ def test_for_lab() -> None:
     c = ProxyConfig.for_lab(node_name="n1", node_ips=("127.0.0.1",), admin=("127.0.0.1", 0), drain_timeout=3)
     assert c.node_name == "n1" and c.admin_addr == ("127.0.0.1", 0) and c.drain_timeout == 3
     assert ProxyConfig.for_lab().admin_addr is None
+
+
+def test_tcp_relay_choice() -> None:
+    assert ProxyConfig().tcp_relay == "auto"
+    assert ProxyConfig.from_env({"KUBELAB_PROXY_TCP_RELAY": "transport"}).tcp_relay == "transport"
+    with pytest.raises(ValueError, match="tcp_relay"):
+        ProxyConfig(tcp_relay="sendfile")
