@@ -25,23 +25,31 @@ elsewhere, an EndpointSlice sends the ClusterIP to it through the proxy.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import ipaddress
 import logging
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from aiohttp import web
 
+from kubelab.controller.cluster_objects import (
+    SYSTEM_NAMESPACES,
+    api_endpoint,
+    cluster_ip_outside,
+    dns_served_on_vip,
+    is_wildcard,
+    kube_dns_objects,
+    kubernetes_service_objects,
+    node_addresses,
+    node_object,
+    state_services_problem,
+    without_frontends,
+)
 from kubelab.controller.config import LabConfig
-from kubelab.controller.endpointslices import MANAGED_BY_LABEL, SERVICE_NAME_LABEL
 
 log = logging.getLogger(__name__)
-
-SYSTEM_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
-
 
 class LabError(RuntimeError):
     """A start-up failure with a one-line explanation (port in use, bad state dir, ...)."""
@@ -65,166 +73,6 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-def _is_wildcard(host: str) -> bool:
-    """A listen address meaning "every address of the node"."""
-    return host in ("0.0.0.0", "::", "")
-
-
-LAB_MANAGED_BY = "lab.kubelab.dev"  # not the EndpointSlice controller's: it leaves the slice alone
-
-
-def node_addresses(config: LabConfig) -> list[dict[str, str]]:
-    """InternalIP(s) + Hostname. netns mode adds the bridge address when it differs from
-    the node IP: traffic from the node side reaches pods from there, and NetworkPolicy
-    exempts the node's own addresses (as Kubernetes network plugins do for the kubelet)."""
-    addrs = [{"type": "InternalIP", "address": config.node_ip}]
-    bridge = config.bridge_ip
-    if bridge and bridge != config.node_ip:
-        addrs.append({"type": "InternalIP", "address": bridge})
-    addrs.append({"type": "Hostname", "address": config.node_name})
-    return addrs
-
-
-def first_service_ip(config: LabConfig) -> str:
-    """The ``kubernetes`` Service's ClusterIP: the first address of the (primary) service CIDR."""
-    return str(config.service_cidrs[0].network_address + 1)
-
-
-def api_endpoint(config: LabConfig, bound: tuple[str, int]) -> tuple[str, int]:
-    """Where the ``kubernetes`` Service sends traffic: the API's bound address, or the
-    node's when it listens on all addresses; in netns mode the bridge address (the API
-    also listens there, see ``Lab._start_node_api``)."""
-    host, port = bound
-    if config.bridge_ip:
-        return config.bridge_ip, port
-    if _is_wildcard(host):
-        return config.node_ip, port
-    if host == "localhost":
-        return "127.0.0.1", port
-    return host, port
-
-
-def _selectorless_slice(namespace: str, name: str, ip: str, ports: list[dict[str, Any]]) -> dict[str, Any]:
-    """The EndpointSlice of a built-in Service: one ready endpoint, the lab's manager label
-    (the EndpointSlice controller leaves it alone)."""
-    return {
-        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-        "metadata": {"name": name, "namespace": namespace,
-                     "labels": {SERVICE_NAME_LABEL: name, MANAGED_BY_LABEL: LAB_MANAGED_BY}},
-        "addressType": "IPv6" if ":" in ip else "IPv4",
-        "endpoints": [{"addresses": [ip], "conditions": {"ready": True, "serving": True, "terminating": False}}],
-        "ports": ports,
-    }
-
-
-def kubernetes_service_objects(config: LabConfig, endpoint: tuple[str, int]) -> list[dict[str, Any]]:
-    """``default/kubernetes`` and its EndpointSlice, as kube-apiserver's reconciler writes them."""
-    ip, port = endpoint
-    svc = {
-        "apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": "kubernetes", "namespace": "default",
-                     "labels": {"component": "apiserver", "provider": "kubernetes"}},
-        "spec": {"type": "ClusterIP", "clusterIP": first_service_ip(config),
-                 "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": port}]},
-    }
-    return [svc, _selectorless_slice("default", "kubernetes", ip, [{"name": "https", "port": port, "protocol": "TCP"}])]
-
-
-def kube_dns_objects(config: LabConfig, dns_bound: tuple[str, int] | None) -> list[dict[str, Any]]:
-    """``kube-system/kube-dns`` on the DNS service IP (selectorless: no pod serves it).
-
-    When the DNS server listens on that IP's port 53 itself, the Service only reserves the
-    address (the proxy leaves it alone); otherwise an EndpointSlice sends it to the DNS
-    server's address through the proxy."""
-    assert config.dns_service_ip is not None
-    target = dns_bound[1] if dns_bound else 53
-    svc = {
-        "apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": "kube-dns", "namespace": "kube-system",
-                     "labels": {"k8s-app": "kube-dns", "kubernetes.io/name": "CoreDNS"}},
-        "spec": {"type": "ClusterIP", "clusterIP": config.dns_service_ip,
-                 "ports": [{"name": "dns", "port": 53, "protocol": "UDP", "targetPort": target},
-                           {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": target}]},
-    }
-    if dns_bound is None or dns_served_on_vip(config, dns_bound):
-        return [svc]
-    host = config.node_ip if _is_wildcard(dns_bound[0]) else dns_bound[0]
-    return [svc, _selectorless_slice("kube-system", "kube-dns", host,
-                                     [{"name": "dns", "port": dns_bound[1], "protocol": "UDP"},
-                                      {"name": "dns-tcp", "port": dns_bound[1], "protocol": "TCP"}])]
-
-
-def dns_served_on_vip(config: LabConfig, dns_bound: tuple[str, int] | None) -> bool:
-    return dns_bound is not None and config.dns_service_ip is not None and \
-        dns_bound == (config.dns_service_ip, 53)
-
-
-def without_frontends(table: Any, skip: frozenset[tuple[str, int]]) -> Any:
-    """``table`` minus the frontends on (ip, port) in ``skip`` (the DNS server's own VIP)."""
-    if not skip or not any((f.ip, f.port) in skip for f in table.routes):
-        return table
-    return dataclasses.replace(table, routes={f: r for f, r in table.routes.items() if (f.ip, f.port) not in skip})
-
-
-BUILTIN_SERVICES = (("default", "kubernetes"), ("kube-system", "kube-dns"))
-
-
-def services_outside(services: Iterable[dict[str, Any]], cidrs: Iterable[Any]) -> list[str]:
-    """``ns/name (ip)`` of every stored Service (built-ins aside: the lab re-creates those)
-    with a ClusterIP outside ``cidrs``: a state dir made with other ranges (pure)."""
-    nets = [ipaddress.ip_network(str(c)) for c in cidrs]
-    out = []
-    for svc in services:
-        meta = svc.get("metadata") or {}
-        key = (meta.get("namespace") or "default", meta.get("name") or "")
-        stray = _cluster_ip_outside(svc, nets)
-        if stray and key not in BUILTIN_SERVICES:
-            out.append(f"{key[0]}/{key[1]} ({stray})")
-    return out
-
-
-def _cluster_ip_outside(svc: dict[str, Any], nets: list[Any]) -> str | None:
-    """The Service's first ClusterIP outside ``nets`` (None: all inside, or headless)."""
-    spec = svc.get("spec") or {}
-    for ip in spec.get("clusterIPs") or [spec.get("clusterIP")]:
-        if not ip or ip == "None":
-            continue
-        try:
-            addr = ipaddress.ip_address(ip)
-        except ValueError:
-            continue
-        if not any(addr.version == n.version and addr in n for n in nets):
-            return str(ip)
-    return None
-
-
-def check_state_services(config: LabConfig, services: Iterable[dict[str, Any]]) -> None:
-    """Refuse (LabError, one line) a state dir whose Services lie outside --service-cidr:
-    their ClusterIPs are immutable, the proxy and DNS would serve addresses the lab does
-    not route (a dir made by a lab in another --mode, for example)."""
-    bad = services_outside(services, config.service_cidrs)
-    if bad:
-        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
-        raise LabError(f"state dir {config.state_dir}: Services {', '.join(bad[:3])}{more} are outside "
-                       f"--service-cidr {','.join(map(str, config.service_cidrs))} (made with other ranges or "
-                       "another --mode): use another --state-dir, or --ephemeral")
-
-
-def node_object(config: LabConfig) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Node",
-        "metadata": {
-            "name": config.node_name,
-            "labels": {"kubernetes.io/hostname": config.node_name, "kubernetes.io/os": "linux"},
-        },
-        "status": {
-            "addresses": node_addresses(config),
-            "conditions": [{"type": "Ready", "status": "True"}],
-        },
-    }
 
 
 @dataclass
@@ -271,7 +119,9 @@ class Lab:
         from kubelab.controller.registry import Registry
 
         if cfg.state_dir is not None:
-            check_state_services(cfg, store.snapshot().list("Service"))
+            problem = state_services_problem(cfg, store.snapshot().list("Service"))
+            if problem:
+                raise LabError(problem)
         self.registry = Registry(store, Admission(cfg))
         await self._ensure_cluster_objects()
         # not ready before the -f manifests are in: a client that waits for /readyz finds them
@@ -413,7 +263,7 @@ class Lab:
         from kubelab.controller.store import StoreError
 
         stored = self.registry.store.snapshot().get("Service", "kube-system", "kube-dns")
-        if stored is None or not _cluster_ip_outside(stored, list(self.config.service_cidrs)):
+        if stored is None or not cluster_ip_outside(stored, list(self.config.service_cidrs)):
             return
         for kind in ("Service", "EndpointSlice"):
             try:
@@ -468,7 +318,7 @@ class Lab:
         unauthenticated client of a real cluster."""
         assert self._api_bound is not None and self.config.bridge_ip is not None
         host, port = self.config.bridge_ip, self._api_bound[1]
-        if _is_wildcard(self._api_bound[0]) or self._api_bound[0] == host:
+        if is_wildcard(self._api_bound[0]) or self._api_bound[0] == host:
             return  # the API listens there already
         self.node_api_token = self.token or secrets.token_urlsafe(24)
         await self._serve_api(host, port, self.node_api_token)

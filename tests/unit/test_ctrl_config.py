@@ -15,7 +15,7 @@ from kubelab.controller.config import (
     mode_defaults,
     validate_lab,
 )
-from kubelab.controller.lab import (
+from kubelab.controller.cluster_objects import (
     api_endpoint,
     first_service_ip,
     kube_dns_objects,

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from kubelab.controller.config import ConfigError, LabConfig, check_mode_supported, overlapping_ranges, validate_lab
-from kubelab.controller.lab import LabError, check_state_services, services_outside
+from kubelab.controller.cluster_objects import services_outside, state_services_problem
 from kubelab.controller.up import netns_warning
 
 net = ipaddress.ip_network
@@ -96,9 +96,7 @@ def test_services_outside_the_service_cidr():
 
 def test_a_state_dir_from_another_mode_is_refused_on_one_line():
     cfg = netns(state_dir=Path("/tmp/lab-state"))
-    check_state_services(cfg, [svc("default", "kubernetes", "127.96.0.1")])  # only built-ins: fine
-    with pytest.raises(LabError) as info:
-        check_state_services(cfg, [svc("default", f"s{i}", f"127.96.0.{i + 2}") for i in range(5)])
-    text = str(info.value)
+    assert state_services_problem(cfg, [svc("default", "kubernetes", "127.96.0.1")]) is None  # built-ins only
+    text = state_services_problem(cfg, [svc("default", f"s{i}", f"127.96.0.{i + 2}") for i in range(5)])
     assert "\n" not in text and "--state-dir" in text and "--ephemeral" in text and "/tmp/lab-state" in text
     assert "default/s0 (127.96.0.2)" in text and "and 2 more" in text
