@@ -15,6 +15,8 @@ Families:
   coredns_forward_requests_total{to}, coredns_forward_responses_total{to,rcode}
   kubelab_dns_zone_generation, kubelab_dns_zone_serial, kubelab_dns_zone_records,
   kubelab_dns_zone_updates_total, kubelab_dns_zone_update_duration_seconds (last)
+  kubelab_dns_query_failures_total{type} (answers that raised)
+  kubelab_dns_udp_{wakeups,batches,received,errors,dropped}_total
 """
 
 from __future__ import annotations
@@ -192,3 +194,19 @@ class DnsMetrics:
                                 "Time the last zone update took to apply (plan + commit).")
         dur.add_metric([], srv.last_update_seconds)
         yield dur
+
+        fails = CounterMetricFamily("kubelab_dns_query_failures",
+                                    "Queries whose answer raised (answered SERVFAIL or dropped), by exception type.",
+                                    labels=["type"])
+        for kind, n in sorted(srv.query_failures.items()):
+            fails.add_metric([kind], n)
+        yield fails
+        udp = srv.udp_stats()
+        for key, text in (("wakeups", "UDP reader wake-ups (batched sockets)."),
+                          ("batches", "recvmmsg calls that returned datagrams."),
+                          ("received", "Datagrams received by batched sockets."),
+                          ("errors", "UDP socket errors and dropped datagrams after callback bugs (batched sockets)."),
+                          ("dropped", "UDP replies dropped because the send buffer was full.")):
+            c = CounterMetricFamily(f"kubelab_dns_udp_{key}", text)
+            c.add_metric([], udp[key])
+            yield c

@@ -21,8 +21,9 @@ import gc
 import ipaddress
 import logging
 import socket
+import sys
 import time
-from typing import Iterator
+from typing import Callable, Iterator
 
 from kubelab.dns import udpbatch, wire
 from kubelab.dns.answer import FORWARD_ZONE, Answerer, Forward
@@ -103,9 +104,8 @@ class UdpListener:
     def _readable_batch(self) -> None:
         self.batch.serve(self.answerer.answer, self._failed, self._defer, self._observe, _perf)  # type: ignore[union-attr]
 
-    def _failed(self, data: bytes, slot: int):
-        logger.exception("query from %s failed", self.batch.address(slot))  # type: ignore[union-attr]
-        return self.server.servfail_for(data)
+    def _failed(self, data: bytes, slot: int) -> bytes | None:
+        return self.server.failed_reply(data, lambda: self.batch.address(slot))  # type: ignore[union-attr]
 
     def _defer(self, fwd, addr) -> None:
         self.server.spawn(self._forward(fwd, addr, _perf()))
@@ -132,8 +132,7 @@ class UdpListener:
             try:
                 reply = answer(data, addr[0])
             except Exception:  # a bug must cost one answer, never the server
-                logger.exception("query from %s failed", addr[0])
-                reply = self.server.servfail_for(data)
+                reply = self.server.failed_reply(data, lambda: addr)
             if reply is None:
                 continue
             if reply.__class__ is bytes:
@@ -151,8 +150,10 @@ class UdpListener:
                     counts[0] += 1
                 else:
                     lat.observe_count(dt)
-            else:
+            elif reply.__class__ is Forward:
                 self.server.spawn(self._forward(reply, addr, t0))  # type: ignore[arg-type]
+            else:
+                logger.error("udp: answer returned %s; datagram dropped", type(reply).__name__)
 
     async def _forward(self, fwd: Forward, addr, t0: float) -> None:
         reply = await self.server.forward(fwd)
@@ -249,8 +250,7 @@ class TcpDnsProtocol(asyncio.Protocol):
             try:
                 reply = answer(msg, self.client)
             except Exception:
-                logger.exception("query from %s failed", self.client)
-                reply = self.server.servfail_for(msg)
+                reply = self.server.failed_reply(msg, lambda: self.client)
             if reply is None:
                 # RFC 7766 §6.2.3 lets a server close on a message it cannot parse.
                 if out:
@@ -352,6 +352,9 @@ class DnsServer:
         self.zone_names = tuple(z.name for z in self._holder.empty.zones)
         self.server_label = "dns://%s:%d" % config.addr
         self.metrics = DnsMetrics(self)
+        self.query_failures: dict[str, int] = {}  # exception type -> queries whose answer raised
+        self._failure_logged: dict[str, float] = {}  # exception type -> when it was last logged
+        self._failure_clock = time.monotonic
         self._closed = False
         self._admin_runner = None
         self.admin_address: tuple[str, int] | None = None
@@ -467,6 +470,49 @@ class DnsServer:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             logger.error("forwarding task failed", exc_info=task.exception())
+
+    FAILURE_LOG_INTERVAL = 60.0
+
+    def failed_reply(self, data: bytes, client: Callable[[], object]) -> bytes | None:
+        """The reply to a query whose answer raised; call it from the ``except`` block.
+
+        Every transport (UDP plain and batched, TCP) goes through here. Never raises:
+        SERVFAIL if the query parses, else None (drop). Input can trigger a bug at line
+        rate, so the traceback is logged once per exception type per
+        :attr:`FAILURE_LOG_INTERVAL` seconds; every failure is counted in
+        ``query_failures`` (``kubelab_dns_query_failures_total``). ``client`` is called
+        only when logging (decoding a batched sender costs a little).
+        """
+        exc = sys.exc_info()[1]
+        kind = type(exc).__name__ if exc is not None else "unknown"
+        self.query_failures[kind] = self.query_failures.get(kind, 0) + 1
+        now = self._failure_clock()
+        last = self._failure_logged.get(kind)
+        if last is None or now - last >= self.FAILURE_LOG_INTERVAL:
+            self._failure_logged[kind] = now
+            try:
+                who = client()
+            except Exception:
+                who = "?"
+            logger.error("query from %s failed (%d %s so far; logged at most once a minute per type)",
+                         who, self.query_failures[kind], kind, exc_info=exc)
+        try:
+            return self.servfail_for(data)
+        except Exception:
+            return None
+
+    def udp_stats(self) -> dict[str, int]:
+        """UDP socket counters summed over the listeners (batched ones count wake-ups too)."""
+        out = {"wakeups": 0, "batches": 0, "received": 0, "errors": 0, "dropped": 0}
+        for listener in self._udp:
+            out["dropped"] += listener.dropped
+            b = listener.batch
+            if b is not None:
+                out["wakeups"] += b.wakeups
+                out["batches"] += b.batches
+                out["received"] += b.received
+                out["errors"] += b.errors
+        return out
 
     def servfail_for(self, data: bytes) -> bytes | None:
         q = wire.parse_query(data)

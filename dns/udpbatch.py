@@ -29,7 +29,10 @@ import mmap
 import socket
 import struct
 import sys
+import time
 from typing import Any, Callable
+
+from kubelab.dns.answer import Forward
 
 logger = logging.getLogger(__name__)
 
@@ -37,9 +40,10 @@ SLOTS = 64  # datagrams per system call
 SLOT_SIZE = 65536  # the largest UDP payload fits: no truncated queries
 NAME_SIZE = 128  # sizeof(struct sockaddr_storage)
 ROUNDS = 4  # receive calls per reader wake-up before yielding to the loop
+BUG_LOG_INTERVAL = 60.0  # a callback bug is logged at most this often (per kind): input can repeat it
 
 MSG_TRUNC = 0x20
-_EAGAIN = (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR)
+_EAGAIN = (errno.EAGAIN, errno.EWOULDBLOCK)
 
 
 class _IoVec(ctypes.Structure):
@@ -60,14 +64,13 @@ class _MMsgHdr(ctypes.Structure):
 IOV = ctypes.sizeof(_IoVec)
 HDR = ctypes.sizeof(_MMsgHdr)
 _FLAGS_OFF = _MsgHdr.msg_flags.offset  # msg_flags then msg_len: read with one unpack
-assert _MMsgHdr.msg_len.offset == _FLAGS_OFF + 8
+_LEN_OFF = _MMsgHdr.msg_len.offset  # checked by available(): _FLAGS_LEN assumes LP64
 _FLAGS_LEN = struct.Struct("i4xI")
 _P = "P"  # a native pointer / size_t
 _PTR = struct.Struct(_P)
 _IOV = struct.Struct(_P + _P)
 # Where a bytes object's characters start relative to id() (CPython: the object header).
 BYTES_OFFSET = sys.getsizeof(b"") - 1
-
 
 
 def _load() -> Any:
@@ -84,6 +87,8 @@ def available() -> bool:
     """True when batched UDP works here (Linux glibc/musl, CPython's bytes layout)."""
     if not sys.platform.startswith("linux") or sys.implementation.name != "cpython":
         return False
+    if _LEN_OFF != _FLAGS_OFF + 8 or _FLAGS_LEN.size != 12 or _IOV.size != IOV:
+        return False  # not the LP64 layout the packed offsets assume (e.g. 32-bit)
     try:
         _load()
     except (OSError, AttributeError):
@@ -111,8 +116,11 @@ class BatchedUdp:
     :meth:`serve` runs one reader wake-up: receive up to ``SLOTS`` datagrams per call,
     answer each with ``answer(data, slot)``, send the replies in one call, and repeat
     while the socket had a full batch (up to :data:`ROUNDS` times). ``answer`` returns
-    reply bytes, None (drop) or anything else (handed to ``defer(value, address)``, e.g.
-    a forwarding verdict answered later with ``sendto``).
+    reply bytes, None (drop) or a :class:`~kubelab.dns.answer.Forward` (handed to
+    ``defer(forward, address)``, answered later with ``sendto``); anything else is a bug
+    and drops the datagram. Counters (exported as metrics): ``wakeups`` (serve calls),
+    ``batches`` (receive calls that returned datagrams), ``received``, ``dropped``
+    (replies not sent: send buffer full), ``errors`` (socket errors and callback bugs).
     """
 
     def __init__(self, sock: socket.socket) -> None:
@@ -123,6 +131,8 @@ class BatchedUdp:
         self.wakeups = 0  # serve() calls
         self.batches = 0  # receive calls that returned datagrams
         self.received = 0
+        self._bug_logged: dict[str, float] = {}
+        self._serving = False
         self.namelen = 28 if sock.family == socket.AF_INET6 else 16
         self._data = mmap.mmap(-1, SLOTS * SLOT_SIZE)  # lazily backed: touched pages only
         self._data_c = ctypes.c_char.from_buffer(self._data)
@@ -171,10 +181,23 @@ class BatchedUdp:
     def serve(self, answer: Callable[[bytes, int], Any], failed: Callable[[bytes, int], Any],
               defer: Callable[[Any, tuple], None], on_batch: Callable[[int, float], None] | None = None,
               clock: Callable[[], float] | None = None) -> int:
-        """One wake-up; returns how many datagrams were answered.
+        """One wake-up; returns how many datagrams were answered. Never raises.
 
-        ``failed(data, slot)`` replaces ``answer`` for a datagram whose answer raised.
+        ``failed(data, slot)`` replaces ``answer`` for a datagram whose answer raised
+        (if it raises too, the datagram is dropped). No state is carried from one batch
+        to the next: every reply's destination is written for that reply.
         """
+        if self.fd < 0:
+            return 0  # closed: the buffers are gone
+        self._serving = True
+        try:
+            return self._serve(answer, failed, defer, on_batch, clock)
+        finally:
+            self._serving = False
+            if self.fd < 0:
+                self._release()  # close() was called from a callback
+
+    def _serve(self, answer, failed, defer, on_batch, clock) -> int:
         libc = self.libc
         recvmmsg, sendmmsg = libc.recvmmsg, libc.sendmmsg
         fd = self.fd
@@ -188,11 +211,15 @@ class BatchedUdp:
         total = 0
         self.wakeups += 1
         for _round in range(ROUNDS):
+            if self.fd < 0:
+                return total
             rhdr_mv[:] = template
             n = recvmmsg(fd, rhdr, SLOTS, 0, None)
             if n <= 0:
                 if n < 0:
                     err = ctypes.get_errno()
+                    if err == errno.EINTR:
+                        continue
                     if err not in _EAGAIN:
                         self.errors += 1  # e.g. ICMP errors reported on the socket
                         logger.debug("udp recvmmsg: %s", errno.errorcode.get(err, err))
@@ -212,27 +239,52 @@ class BatchedUdp:
                 try:
                     reply = answer(data, i)
                 except Exception:  # a bug must cost one answer, never the server
-                    reply = failed(data, i)
+                    reply = self._failed(failed, data, i)
                 if reply.__class__ is bytes:
                     iov_into(siov_mv, j * IOV, id(reply) + off, len(reply))
-                    if j != i:
-                        ptr_into(shdr_mv, j * HDR, names + i * NAME_SIZE)
+                    ptr_into(shdr_mv, j * HDR, names + i * NAME_SIZE)
                     keep.append(reply)
                     j += 1
                 elif reply is not None:
-                    defer(reply, self.address(i))
-            if j:
+                    self._defer(defer, reply, i)
+            if j and self.fd >= 0:
                 self._send(sendmmsg, j)
-                if j != n:  # restore the identity destinations for the next batch
-                    for k in range(j):
-                        ptr_into(shdr_mv, k * HDR, names + k * NAME_SIZE)
             del keep
             total += j
             if on_batch is not None and j:
-                on_batch(j, clock() - t0)  # type: ignore[misc]
+                try:
+                    on_batch(j, clock() - t0)  # type: ignore[misc]
+                except Exception:
+                    self._bug("batch accounting failed")
             if n < SLOTS:
                 return total  # drained: skip the call that would say EAGAIN
         return total
+
+    def _failed(self, failed: Callable[[bytes, int], Any], data: bytes, slot: int) -> Any:
+        try:
+            return failed(data, slot)
+        except Exception:
+            self._bug("failure handler raised; datagram dropped")
+            return None
+
+    def _defer(self, defer: Callable[[Any, tuple], None], reply: Any, slot: int) -> None:
+        if reply.__class__ is not Forward:
+            self._bug(f"answer returned {type(reply).__name__}; datagram dropped")
+            return
+        try:
+            defer(reply, self.address(slot))
+        except Exception:
+            self._bug("forwarding a query failed")
+
+    def _bug(self, what: str) -> None:
+        """Count a callback bug; log it (with the traceback, if any) once per interval."""
+        self.errors += 1
+        now = time.monotonic()
+        last = self._bug_logged.get(what)
+        if last is None or now - last >= BUG_LOG_INTERVAL:
+            self._bug_logged[what] = now
+            logger.error("udp: %s (%d errors so far; logged at most once a minute)", what, self.errors,
+                         exc_info=sys.exc_info()[0] is not None)
 
     def _send(self, sendmmsg, count: int) -> None:
         done = 0
@@ -240,6 +292,8 @@ class BatchedUdp:
             r = sendmmsg(self.fd, self.shdr + done * HDR, count - done, 0)
             if r < 0:
                 err = ctypes.get_errno()
+                if err == errno.EINTR:
+                    continue  # a signal before anything was sent: try again
                 if err in _EAGAIN:
                     self.dropped += count - done  # send buffer full: the clients retry
                     return
@@ -250,7 +304,15 @@ class BatchedUdp:
                 done += r
 
     def close(self) -> None:
-        """Release the buffers (the socket itself belongs to the caller)."""
+        """Release the buffers (the socket itself belongs to the caller). Idempotent;
+        :meth:`serve` does nothing afterwards."""
+        if self.fd < 0:
+            return
+        self.fd = -1
+        if not self._serving:
+            self._release()
+
+    def _release(self) -> None:
         self.names_mv.release()
         self.riov_mv.release()
         self.rhdr_mv.release()
