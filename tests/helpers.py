@@ -306,6 +306,43 @@ async def run_command(
     return proc.returncode, out.decode(), err.decode()
 
 
+# The API on a SqliteStore with PassThrough admission, as a process of its own (argv[1]:
+# the state dir); it prints its URL once it listens. Run from ROOT so ``tests`` imports.
+_SQLITE_API = r"""
+import asyncio, sys
+from kubelab.controller.sqlite_store import SqliteStore
+from kubelab.controller.registry import Registry
+from kubelab.controller.api import make_app, serve
+from tests.helpers import PassThrough
+
+async def main():
+    store = SqliteStore(sys.argv[1])
+    runner, url = await serve(make_app(Registry(store, PassThrough())), "127.0.0.1", 0)
+    print(url, flush=True)
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+async def start_sqlite_api(state_dir: Path, log: Any, timeout: float = 20.0) -> tuple[asyncio.subprocess.Process, str]:
+    """The registry API over SQLite in ``state_dir`` (admitting everything) as its own
+    process, stderr to ``log``; returns (process, URL) once it listens. The caller kills
+    it (a crash test SIGKILLs it mid-write); killed here if it is not up in ``timeout`` s."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _SQLITE_API, str(state_dir), cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=log)
+    assert proc.stdout is not None
+    try:
+        async with asyncio.timeout(timeout):
+            line = await proc.stdout.readline()
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise
+    assert line.startswith(b"http://"), line
+    return proc, line.decode().strip()
+
+
 async def start_http_responder(ip: str, port: int, answer: Callable[[asyncio.StreamWriter], str]) -> asyncio.Server:
     """A tiny HTTP/1.0 server standing in for a pod: reads one request, answers 200 with
     ``answer(writer)`` as the body (the caller closes the returned server)."""

@@ -3,7 +3,6 @@
 import asyncio
 import ipaddress
 import json
-import pathlib
 import re
 
 import pytest
@@ -17,19 +16,13 @@ from kubelab.controller.sinks import HttpSink, InProcessSink, SinkError
 from kubelab.controller.store import MemoryStore
 from kubelab.dns.zone import ZoneData
 from kubelab.proxy.table import Frontend, RouteTable
+from tests.helpers import DATA_DIR, wait_until
 
-DATA = pathlib.Path(__file__).resolve().parents[1] / "data" / "dns-cases.json"
-CLUSTER = json.loads(DATA.read_text())["cluster"]
+CLUSTER = json.loads((DATA_DIR / "dns-cases.json").read_text())["cluster"]
 TIMEOUT = 5.0
-
-
-async def wait_for(cond, timeout=TIMEOUT, what="condition"):
-    async with asyncio.timeout(timeout):
-        while True:
-            value = cond()
-            if value:
-                return value
-            await asyncio.sleep(0.005)
+# The waits poll every 5 ms: test_publishes_only_on_change reads ``manager.syncs`` right
+# after an apply, and a slower poll lets the runner's next sync land inside that apply.
+POLL = 0.005
 
 
 class Recorder:
@@ -69,10 +62,6 @@ class Lab:
         return self.store.snapshot()
 
 
-def ns(name):
-    return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
-
-
 def service(name="web", namespace="default", **spec):
     spec.setdefault("selector", {"app": name})
     spec.setdefault("ports", [{"name": "http", "port": 80, "targetPort": "http"}])
@@ -87,11 +76,30 @@ def sim_pod(name, ip, ready=True, app="web", namespace="default"):
     }
 
 
+def echo_deployment(replicas):
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "echo", "namespace": "default"},
+            "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": "echo"}},
+                     "template": {"metadata": {"labels": {"app": "echo"}},
+                                  "spec": {"containers": [{"name": "c", "image": "kubelab/echo"}]}}}}
+
+
+def echo_pods(lab):
+    """The pods the ``echo`` Deployment's ReplicaSets made."""
+    return [p for p in lab.snap().list("Pod", "default") if p["metadata"]["name"].startswith("echo-")]
+
+
 def zone_endpoints(lab, key):
     zone = lab.dns.last
     if zone is None or key not in zone.services:
         return None
     return [(e.address, e.ready) for e in zone.services[key].endpoints]
+
+
+def proxy_backends(lab, service):
+    table = lab.proxy.last
+    if table is None:
+        return None
+    return sorted({b.ip for r in table.routes.values() if r.service == service for b in r.backends})
 
 
 async def test_conformance_cluster_through_the_registry():
@@ -105,23 +113,23 @@ async def test_conformance_cluster_through_the_registry():
                                "ports": es["ports"], "endpoints": sorted(es["endpoints"], key=lambda e: e["addresses"])},
                               sort_keys=True)
         want = sorted(map(canon, CLUSTER["endpointSlices"]))
-        await wait_for(lambda: sorted(map(canon, lab.snap().list("EndpointSlice"))) == want)
-        await wait_for(lambda: zone_endpoints(lab, "db/mysql") is not None and len(zone_endpoints(lab, "db/mysql")) == 3)
+        await wait_until(lambda: sorted(map(canon, lab.snap().list("EndpointSlice"))) == want, interval=POLL)
+        await wait_until(lambda: zone_endpoints(lab, "db/mysql") is not None and len(zone_endpoints(lab, "db/mysql")) == 3, interval=POLL)
         assert lab.manager.ready
 
 
 async def test_readiness_flip_reaches_zone_and_routes():
     async with Lab() as lab:
         await lab.registry.apply([service(), sim_pod("web-a", "127.244.0.10"), sim_pod("web-b", "127.244.0.11")])
-        await wait_for(lambda: zone_endpoints(lab, "default/web") == [("127.244.0.10", True), ("127.244.0.11", True)])
+        await wait_until(lambda: zone_endpoints(lab, "default/web") == [("127.244.0.10", True), ("127.244.0.11", True)], interval=POLL)
         svc = lab.snap().get("Service", "default", "web")
         vip = Frontend(svc["spec"]["clusterIP"], 80, "TCP")
-        await wait_for(lambda: lab.proxy.last and vip in lab.proxy.last.routes and len(lab.proxy.last.routes[vip].backends) == 2)
+        await wait_until(lambda: lab.proxy.last and vip in lab.proxy.last.routes and len(lab.proxy.last.routes[vip].backends) == 2, interval=POLL)
         gen = lab.dns.last.generation
         await lab.registry.apply([sim_pod("web-a", "127.244.0.10", ready=False)])
-        await wait_for(lambda: zone_endpoints(lab, "default/web") == [("127.244.0.10", False), ("127.244.0.11", True)])
+        await wait_until(lambda: zone_endpoints(lab, "default/web") == [("127.244.0.10", False), ("127.244.0.11", True)], interval=POLL)
         assert lab.dns.last.generation > gen
-        await wait_for(lambda: [b.ready for b in lab.proxy.last.routes[vip].backends] == [False, True])
+        await wait_until(lambda: [b.ready for b in lab.proxy.last.routes[vip].backends] == [False, True], interval=POLL)
         # the slice itself carries the condition
         (es,) = lab.snap().list("EndpointSlice", "default")
         assert {e["targetRef"]["name"]: e["conditions"]["ready"] for e in es["endpoints"]} == {"web-a": False, "web-b": True}
@@ -131,7 +139,7 @@ async def test_echo_of_own_slice_write_does_not_cost_a_sync():
     """A flip is one sync: the watch echo of the slice it wrote asks for no second one."""
     async with Lab() as lab:
         await lab.registry.apply([service(), sim_pod("web-a", "127.244.0.10"), sim_pod("web-b", "127.244.0.11")])
-        await wait_for(lambda: zone_endpoints(lab, "default/web") == [("127.244.0.10", True), ("127.244.0.11", True)])
+        await wait_until(lambda: zone_endpoints(lab, "default/web") == [("127.244.0.10", True), ("127.244.0.11", True)], interval=POLL)
         asks = []
         real_run = lab.manager._runner.run
 
@@ -146,53 +154,56 @@ async def test_echo_of_own_slice_write_does_not_cost_a_sync():
             (es,) = lab.snap().list("EndpointSlice", "default")
             return {e["targetRef"]["name"]: e["conditions"]["ready"] for e in es["endpoints"]}["web-a"] is False
 
-        await wait_for(slice_flipped)
-        await wait_for(lambda: lab.manager._rv == lab.store.resource_version)  # the echo was indexed
+        await wait_until(slice_flipped, interval=POLL)
+        await wait_until(lambda: lab.manager._rv == lab.store.resource_version, interval=POLL)  # the echo was indexed
         assert len(asks) == 1  # the pod's event only
         # ...and a slice changed by someone else is still news (repaired by a sync)
         (es,) = lab.snap().list("EndpointSlice", "default")
         await lab.registry.update_status({**es, "endpoints": []})
-        await wait_for(lambda: len(asks) == 2)
-        await wait_for(lambda: len(lab.snap().list("EndpointSlice", "default")[0]["endpoints"]) == 2)
+        await wait_until(lambda: len(asks) == 2, interval=POLL)
+        await wait_until(lambda: len(lab.snap().list("EndpointSlice", "default")[0]["endpoints"]) == 2, interval=POLL)
 
 
 async def test_publishes_only_on_change():
     async with Lab() as lab:
         await lab.registry.apply([service(), sim_pod("web-a", "127.244.0.10")])
-        await wait_for(lambda: zone_endpoints(lab, "default/web") == [("127.244.0.10", True)])
+        # both sinks have the pod: a publish is pushed to one sink after the other, so
+        # counting states between the two pushes would see the second one as "a change"
+        await wait_until(lambda: zone_endpoints(lab, "default/web") == [("127.244.0.10", True)]
+                         and proxy_backends(lab, "default/web") == ["127.244.0.10"])
         before = (len(lab.dns.states), len(lab.proxy.states))
         # a DNS- and proxy-neutral change: a new label nobody selects on
         pod = sim_pod("web-a", "127.244.0.10")
         pod["metadata"]["labels"]["extra"] = "x"
+        syncs = lab.manager.syncs  # before the apply: the sync may run before apply() returns
         await lab.registry.apply([pod])
-        syncs = lab.manager.syncs
-        await wait_for(lambda: lab.manager.syncs > syncs)
+        await wait_until(lambda: lab.manager.syncs > syncs, what="a sync that saw the new label")
         assert (len(lab.dns.states), len(lab.proxy.states)) == before
 
 
 async def test_service_and_pod_deletion():
     async with Lab() as lab:
         await lab.registry.apply([service(), sim_pod("web-a", "127.244.0.10")])
-        await wait_for(lambda: lab.snap().list("EndpointSlice", "default"))
-        await wait_for(lambda: [(p.name, p.ip) for p in lab.dns.last.pods] == [("web-a", "127.244.0.10")])
+        await wait_until(lambda: lab.snap().list("EndpointSlice", "default"), interval=POLL)
+        await wait_until(lambda: [(p.name, p.ip) for p in lab.dns.last.pods] == [("web-a", "127.244.0.10")], interval=POLL)
         await lab.registry.delete("Pod", "default", "web-a")
-        await wait_for(lambda: zone_endpoints(lab, "default/web") == [])
-        await wait_for(lambda: lab.dns.last.pods == ())
+        await wait_until(lambda: zone_endpoints(lab, "default/web") == [], interval=POLL)
+        await wait_until(lambda: lab.dns.last.pods == (), interval=POLL)
         await lab.registry.delete("Service", "default", "web")
-        await wait_for(lambda: not lab.snap().list("EndpointSlice", "default"))
-        await wait_for(lambda: "default/web" not in lab.dns.last.services)
-        await wait_for(lambda: not any(r.service == "default/web" for r in lab.proxy.last.routes.values()))
+        await wait_until(lambda: not lab.snap().list("EndpointSlice", "default"), interval=POLL)
+        await wait_until(lambda: "default/web" not in lab.dns.last.services, interval=POLL)
+        await wait_until(lambda: not any(r.service == "default/web" for r in lab.proxy.last.routes.values()), interval=POLL)
 
 
 async def test_selector_change_moves_endpoints_and_manual_edits_are_repaired():
     async with Lab() as lab:
         await lab.registry.apply([service(), sim_pod("web-a", "127.244.0.10"), sim_pod("api-a", "127.244.0.20", app="api")])
-        await wait_for(lambda: zone_endpoints(lab, "default/web") == [("127.244.0.10", True)])
+        await wait_until(lambda: zone_endpoints(lab, "default/web") == [("127.244.0.10", True)], interval=POLL)
         await lab.registry.apply([service(selector={"app": "api"})])
-        await wait_for(lambda: zone_endpoints(lab, "default/web") == [("127.244.0.20", True)])
+        await wait_until(lambda: zone_endpoints(lab, "default/web") == [("127.244.0.20", True)], interval=POLL)
         (es,) = lab.snap().list("EndpointSlice", "default")
         await lab.registry.apply([{**es, "endpoints": []}])  # someone edits a managed slice
-        await wait_for(lambda: lab.snap().list("EndpointSlice", "default")[0]["endpoints"] != [])
+        await wait_until(lambda: lab.snap().list("EndpointSlice", "default")[0]["endpoints"] != [], interval=POLL)
 
 
 async def test_node_port_and_load_balancer_routes():
@@ -202,34 +213,28 @@ async def test_node_port_and_load_balancer_routes():
         lb_ip = svc["status"]["loadBalancer"]["ingress"][0]["ip"]
         node_port = svc["spec"]["ports"][0]["nodePort"]
         want = {Frontend(svc["spec"]["clusterIP"], 80, "TCP"), Frontend("127.0.0.1", node_port, "TCP"), Frontend(lb_ip, 80, "TCP")}
-        await wait_for(lambda: lab.proxy.last and want <= set(lab.proxy.last.routes))
+        await wait_until(lambda: lab.proxy.last and want <= set(lab.proxy.last.routes), interval=POLL)
         assert lab.proxy.last.routes[Frontend(lb_ip, 80, "TCP")].kind == "LoadBalancer"
 
 
 async def test_deployment_scale_and_delete():
-    dep = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "echo", "namespace": "default"},
-           "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "echo"}},
-                    "template": {"metadata": {"labels": {"app": "echo"}},
-                                 "spec": {"containers": [{"name": "c", "image": "kubelab/echo"}]}}}}
+    dep = echo_deployment(3)
     async with Lab() as lab:
         await lab.registry.apply([dep])
-
-        def pods():
-            return [p for p in lab.snap().list("Pod", "default") if p["metadata"]["name"].startswith("echo-")]
-        await wait_for(lambda: len(pods()) == 3)
-        names = [p["metadata"]["name"] for p in pods()]
-        hashes = {p["metadata"]["labels"]["pod-template-hash"] for p in pods()}
+        await wait_until(lambda: len(echo_pods(lab)) == 3, interval=POLL)
+        names = [p["metadata"]["name"] for p in echo_pods(lab)]
+        hashes = {p["metadata"]["labels"]["pod-template-hash"] for p in echo_pods(lab)}
         assert len(hashes) == 1
         (h,) = hashes
         assert all(re.fullmatch(rf"echo-{h}-[bcdfghjklmnpqrstvwxz2456789]{{5}}", n) for n in names)
-        assert all(p["metadata"]["ownerReferences"][0]["kind"] == "Deployment" for p in pods())
-        await wait_for(lambda: lab.snap().get("Deployment", "default", "echo")["status"].get("replicas") == 3)
+        assert all(p["metadata"]["ownerReferences"][0]["kind"] == "Deployment" for p in echo_pods(lab))
+        await wait_until(lambda: lab.snap().get("Deployment", "default", "echo")["status"].get("replicas") == 3, interval=POLL)
         # scale through the API (merge patch)
         await lab.registry.patch("Deployment", "default", "echo", {"spec": {"replicas": 1}})
-        await wait_for(lambda: len(pods()) == 1)
-        await wait_for(lambda: lab.snap().get("Deployment", "default", "echo")["status"].get("replicas") == 1)
+        await wait_until(lambda: len(echo_pods(lab)) == 1, interval=POLL)
+        await wait_until(lambda: lab.snap().get("Deployment", "default", "echo")["status"].get("replicas") == 1, interval=POLL)
         await lab.registry.delete("Deployment", "default", "echo")
-        await wait_for(lambda: not pods())
+        await wait_until(lambda: not echo_pods(lab), interval=POLL)
 
 
 async def test_sink_failure_is_retried_with_current_state():
@@ -251,8 +256,8 @@ async def test_sink_failure_is_retried_with_current_state():
         lab.manager._runner.retry_interval = 0.01
         assert not lab.manager.ready
         await lab.registry.apply([service(), sim_pod("web-a", "127.244.0.10")])
-        await wait_for(lambda: flaky.states and "default/web" in flaky.states[-1].services
-                       and flaky.states[-1].services["default/web"].endpoints)
+        await wait_until(lambda: flaky.states and "default/web" in flaky.states[-1].services
+                       and flaky.states[-1].services["default/web"].endpoints, interval=POLL)
         assert lab.manager.ready
         assert lab.manager._runner.failures >= 2
 
@@ -288,7 +293,7 @@ async def test_http_sink_puts_state():
     try:
         async with Lab(sinks=[sink]) as lab:
             await lab.registry.apply([service(), sim_pod("web-a", "127.244.0.10")])
-            await wait_for(lambda: received and any(s["name"] == "web" and s["endpoints"] for s in received[-1]["services"]))
+            await wait_until(lambda: received and any(s["name"] == "web" and s["endpoints"] for s in received[-1]["services"]), interval=POLL)
             zone = ZoneData.from_json(received[-1])
             assert zone.services["default/web"].endpoints[0].address == "127.244.0.10"
     finally:
@@ -316,10 +321,10 @@ async def test_watch_expiry_relists_and_converges(caplog):
     lab.manager = ControllerManager(lab.registry, lab.config, [InProcessSink("dns", lab.dns)])
     async with lab:
         await lab.registry.apply([service(), sim_pod("web-a", "127.244.0.10"), sim_pod("web-b", "127.244.0.11")])
-        await wait_for(lambda: zone_endpoints(lab, "default/web") == [("127.244.0.10", True), ("127.244.0.11", True)])
+        await wait_until(lambda: zone_endpoints(lab, "default/web") == [("127.244.0.10", True), ("127.244.0.11", True)], interval=POLL)
         await lab.registry.apply([sim_pod("web-a", "127.244.0.10", ready=False), sim_pod("web-c", "127.244.0.12")])
-        await wait_for(lambda: zone_endpoints(lab, "default/web") == [
-            ("127.244.0.10", False), ("127.244.0.11", True), ("127.244.0.12", True)])
+        await wait_until(lambda: zone_endpoints(lab, "default/web") == [
+            ("127.244.0.10", False), ("127.244.0.11", True), ("127.244.0.12", True)], interval=POLL)
     assert any("relisting" in r.getMessage() for r in caplog.records)
 
 
@@ -333,7 +338,7 @@ async def test_restart_from_sqlite_keeps_allocations_and_rewrites_nothing(tmp_pa
     lab.manager = ControllerManager(lab.registry, lab.config, [InProcessSink("dns", lab.dns)])
     async with lab:
         await lab.registry.apply([service(), sim_pod("web-a", "127.244.0.10")])
-        await wait_for(lambda: zone_endpoints(lab, "default/web") == [("127.244.0.10", True)])
+        await wait_until(lambda: zone_endpoints(lab, "default/web") == [("127.244.0.10", True)], interval=POLL)
         first_ip = lab.snap().get("Service", "default", "web")["spec"]["clusterIP"]
         (es,) = lab.snap().list("EndpointSlice", "default")
 
@@ -342,7 +347,7 @@ async def test_restart_from_sqlite_keeps_allocations_and_rewrites_nothing(tmp_pa
     again.registry = Registry(again.store, Admission(again.config))
     again.manager = ControllerManager(again.registry, again.config, [InProcessSink("dns", again.dns)])
     async with again:
-        await wait_for(lambda: again.manager.ready)
+        await wait_until(lambda: again.manager.ready, interval=POLL)
         assert zone_endpoints(again, "default/web") == [("127.244.0.10", True)]
         (es2,) = again.snap().list("EndpointSlice", "default")
         assert es2["metadata"]["resourceVersion"] == es["metadata"]["resourceVersion"]  # not rewritten
@@ -352,20 +357,14 @@ async def test_restart_from_sqlite_keeps_allocations_and_rewrites_nothing(tmp_pa
 
 
 async def test_recreated_deployment_replaces_the_old_incarnations_pods():
-    dep = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "echo", "namespace": "default"},
-           "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "echo"}},
-                    "template": {"metadata": {"labels": {"app": "echo"}},
-                                 "spec": {"containers": [{"name": "c", "image": "kubelab/echo"}]}}}}
+    dep = echo_deployment(2)
     async with Lab() as lab:
         await lab.registry.apply([dep])
-
-        def pods():
-            return [p for p in lab.snap().list("Pod", "default") if p["metadata"]["name"].startswith("echo-")]
-        await wait_for(lambda: len(pods()) == 2)
-        old_names = {p["metadata"]["name"] for p in pods()}
+        await wait_until(lambda: len(echo_pods(lab)) == 2, interval=POLL)
+        old_names = {p["metadata"]["name"] for p in echo_pods(lab)}
         # delete and re-create before the controller can react: one coalesced sync sees both
         await lab.registry.delete("Deployment", "default", "echo")
         await lab.registry.apply([dep])
         uid = lab.snap().get("Deployment", "default", "echo")["metadata"]["uid"]
-        await wait_for(lambda: len(pods()) == 2 and not old_names & {p["metadata"]["name"] for p in pods()})
-        assert all(p["metadata"]["ownerReferences"][0]["uid"] == uid for p in pods())
+        await wait_until(lambda: len(echo_pods(lab)) == 2 and not old_names & {p["metadata"]["name"] for p in echo_pods(lab)}, interval=POLL)
+        assert all(p["metadata"]["ownerReferences"][0]["uid"] == uid for p in echo_pods(lab))

@@ -10,13 +10,11 @@ parametrisation that loads the same manifests through the registry and controlle
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import json
 import re
 import shutil
 from dataclasses import dataclass
-from pathlib import Path
 
 import dns.asyncquery
 import dns.flags
@@ -29,8 +27,9 @@ import pytest
 from kubelab.dns.config import DnsConfig
 from kubelab.dns.server import DnsServer
 from kubelab.dns.zone import Endpoint, Pod, Service, ServicePort, ZoneData
+from tests.helpers import DATA_DIR, run_command, wait_until
 
-DATA = json.loads((Path(__file__).resolve().parents[1] / "data" / "dns-cases.json").read_text())
+DATA = json.loads((DATA_DIR / "dns-cases.json").read_text())
 CLUSTER = DATA["cluster"]
 DNS_CONFIG = CLUSTER["dnsConfig"]
 ADDR = "127.53.1.1"
@@ -125,9 +124,7 @@ async def _zone_via_controller() -> ZoneData:
             return bool(z and len(z.services) == len(CLUSTER["services"])
                         and sum(len(s.endpoints) for s in z.services.values()) == want)
 
-        async with asyncio.timeout(10):
-            while not settled():
-                await asyncio.sleep(0.01)
+        await wait_until(settled, 10, "the controller's zone to hold every service and endpoint")
         return zones[-1]
     finally:
         await manager.close()
@@ -285,11 +282,8 @@ async def ask_dig(case: dict, host: str, port: int) -> Reply:
     args.append("+recurse" if case.get("rd", True) else "+norecurse")
     if case.get("transport", "udp") == "tcp":
         args.append("+tcp")
-    proc = await asyncio.create_subprocess_exec(*args, stdout=asyncio.subprocess.PIPE,
-                                                stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), 10)
-    text = out.decode()
-    assert proc.returncode == 0, f"dig failed: {text} {err.decode()}"
+    code, text, err = await run_command(*args, timeout=10)
+    assert code == 0, f"dig failed: {text} {err}"
     status = _STATUS.search(text)
     flags = _FLAGS.search(text)
     assert status and flags, text

@@ -7,7 +7,6 @@ queries: a terminating pod's record disappears (dns-spec F2), an empty namespace
 
 from __future__ import annotations
 
-import asyncio
 import datetime
 
 import dns.asyncquery
@@ -17,6 +16,7 @@ import pytest
 
 from kubelab.dns.config import DnsConfig
 from kubelab.dns.server import DnsServer
+from tests.helpers import namespace, pod, wait_until
 
 ADDR = "127.53.8.1"
 POD_IP = "127.244.3.7"
@@ -40,12 +40,12 @@ async def _ask(server: DnsServer, qname: str, qtype: str = "A") -> dns.message.M
 
 async def _until(server: DnsServer, qname: str, qtype: str, want, timeout: float = 5.0) -> dns.message.Message:
     """Ask until ``want(reply)`` holds (the controller publishes asynchronously)."""
-    async with asyncio.timeout(timeout):
-        while True:
-            reply = await _ask(server, qname, qtype)
-            if want(reply):
-                return reply
-            await asyncio.sleep(0.01)
+
+    async def wanted() -> dns.message.Message | None:
+        reply = await _ask(server, qname, qtype)
+        return reply if want(reply) else None
+
+    return await wait_until(wanted, timeout, f"the wanted reply to {qname} {qtype}")
 
 
 def _rcode(name: str):
@@ -78,12 +78,7 @@ async def lab():
 
 async def test_terminating_pod_record_disappears(lab):
     registry, server = lab
-    await registry.apply([
-        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "prod"}},
-        {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p1", "namespace": "prod"},
-         "spec": {"containers": [{"name": "c", "image": "kubelab/echo"}]},
-         "status": {"phase": "Running", "podIP": POD_IP, "podIPs": [{"ip": POD_IP}]}},
-    ])
+    await registry.apply([namespace("prod"), pod("p1", "prod", ip=POD_IP)])
     reply = await _until(server, POD_NAME, "A", lambda r: bool(r.answer))
     assert [rd.address for rd in reply.answer[0]] == [POD_IP]
 
@@ -99,7 +94,7 @@ async def test_terminating_pod_record_disappears(lab):
 async def test_empty_namespace_is_nodata_until_deleted(lab):
     registry, server = lab
     await _until(server, "empty.svc.cluster.local.", "A", _rcode("NXDOMAIN"))
-    await registry.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "empty"}}])
+    await registry.apply([namespace("empty")])
     for node in ("empty.svc.cluster.local.", "EMPTY.pod.cluster.local."):
         reply = await _until(server, node, "A", _rcode("NOERROR"))
         assert not reply.answer and reply.authority  # NODATA: SOA, no answer

@@ -28,6 +28,7 @@ from kubelab.dns.config import DnsConfig
 from kubelab.dns.metrics import Latency
 from kubelab.dns.server import DnsServer, TcpDnsProtocol
 from kubelab.dns.zone import Endpoint, Pod, Service, ServicePort, ZoneData
+from tests.helpers import close_writer
 
 HOST = "127.53.5.1"
 HTTP = ServicePort("http", 80)
@@ -215,11 +216,7 @@ async def test_fuzz_over_real_sockets(server):
             except (asyncio.TimeoutError, ConnectionError):
                 pass
         finally:
-            writer.close()
-            try:
-                await writer.wait_closed()
-            except ConnectionError:
-                pass
+            await close_writer(writer)
     assert got > 0
     await healthy(server)
 

@@ -14,6 +14,7 @@ import dns.message
 import pytest
 
 from kubelab.dns.zone import Service, ServicePort, ZoneData
+from tests.helpers import wait_until
 
 HOST = "127.53.6.1"
 PORT = 5301
@@ -21,12 +22,13 @@ ADMIN = 9301
 
 
 async def wait_answer(name: str, timeout: float = 10.0):
-    async with asyncio.timeout(timeout):
-        while True:
-            try:
-                return await dns.asyncquery.udp(dns.message.make_query(name, "A"), HOST, port=PORT, timeout=0.2)
-            except (dns.exception.Timeout, ConnectionError, OSError):
-                await asyncio.sleep(0.05)
+    async def answer():
+        try:
+            return await dns.asyncquery.udp(dns.message.make_query(name, "A"), HOST, port=PORT, timeout=0.2)
+        except (dns.exception.Timeout, ConnectionError, OSError):
+            return None
+
+    return await wait_until(answer, timeout, f"an answer for {name}", interval=0.05)
 
 
 @pytest.mark.timeout(60)
@@ -43,14 +45,16 @@ async def test_standalone_process(tmp_path):
         assert r.answer[0].ttl == 7 and r.answer[0][0].to_text() == "10.96.10.10"
         z2 = ZoneData(2, {"prod/web": Service("prod", "web", ("10.96.10.12",))})
         async with aiohttp.ClientSession() as http:
-            async with asyncio.timeout(10):  # the admin port comes up right after DNS
-                while True:
-                    try:
-                        async with http.get(f"http://{HOST}:{ADMIN}/readyz") as resp:
-                            if resp.status == 200:
-                                break
-                    except aiohttp.ClientConnectionError:
-                        await asyncio.sleep(0.05)
+
+            async def admin_ready():
+                try:
+                    async with http.get(f"http://{HOST}:{ADMIN}/readyz") as resp:
+                        return resp.status == 200
+                except aiohttp.ClientConnectionError:
+                    return False
+
+            # the admin port comes up right after DNS
+            await wait_until(admin_ready, 10, "the admin port's /readyz", interval=0.05)
             async with http.put(f"http://{HOST}:{ADMIN}/v1/zone", json=z2.to_json()) as resp:
                 assert resp.status == 200
         r = await wait_answer("web.prod.svc.cluster.local.")

@@ -18,6 +18,7 @@ import pytest
 from kubelab.dns.config import DnsConfig
 from kubelab.dns.server import DnsServer, StaleGeneration
 from kubelab.dns.zone import Endpoint, Service, ServicePort, ZoneData
+from tests.helpers import wait_until
 
 HOST = "127.53.2.1"
 HTTP = ServicePort("http", 80)
@@ -238,11 +239,12 @@ async def test_tcp_backpressure_pauses_reading_until_the_client_reads(server):
         frame = struct.pack(">H", len(w)) + w
         n = 3000  # 3000 x 8 KB answers: far more than the socket buffers hold
         writer.write(frame * n)
-        conn = None
-        async with asyncio.timeout(5):
-            while conn is None or conn.transport is None or conn.transport.is_reading():
-                conn = next(iter(server._connections), None)
-                await asyncio.sleep(0.01)
+
+        def paused():
+            conn = next(iter(server._connections), None)
+            return conn if conn is not None and conn.transport is not None and not conn.transport.is_reading() else None
+
+        conn = await wait_until(paused, 5, "the server to pause reading the connection")
         assert conn.transport.get_write_buffer_size() < 4 * 1024 * 1024
         got = 0
         async with asyncio.timeout(20):

@@ -5,48 +5,15 @@ with the collector paused and the heap frozen) is being written."""
 from __future__ import annotations
 
 import asyncio
-import sys
 
 import aiohttp
 import pytest
 
 from kubelab.controller.client import ApiClient, ApiError
 from kubelab.controller.store import BULK_WRITES
-
-SERVER = r"""
-import asyncio, sys
-from kubelab.controller.sqlite_store import SqliteStore
-from kubelab.controller.registry import Registry
-from kubelab.controller.api import make_app, serve
-
-class PassThrough:
-    def admit(self, op, new, old, snap):
-        return new
-
-async def main():
-    store = SqliteStore(sys.argv[1])
-    runner, url = await serve(make_app(Registry(store, PassThrough())), "127.0.0.1", 0)
-    print(url, flush=True)
-    await asyncio.Event().wait()
-
-asyncio.run(main())
-"""
+from tests.helpers import start_sqlite_api
 
 BATCH = BULK_WRITES + 200
-
-
-async def start_server(state_dir, log):
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", SERVER, str(state_dir), stdout=asyncio.subprocess.PIPE, stderr=log)
-    try:
-        async with asyncio.timeout(20):
-            line = await proc.stdout.readline()
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise
-    assert line.startswith(b"http://"), line
-    return proc, line.decode().strip()
 
 
 def pod(name, batch):
@@ -59,7 +26,7 @@ def pod(name, batch):
 @pytest.mark.timeout(120)
 async def test_sigkill_during_bulk_applies_keeps_every_acknowledged_batch_whole(tmp_path):
     log = open(tmp_path / "server.log", "wb")
-    proc, url = await start_server(tmp_path / "state", log)
+    proc, url = await start_sqlite_api(tmp_path / "state", log)
     acked: list[str] = []
     attempted: list[str] = []
     enough = asyncio.Event()
@@ -90,7 +57,7 @@ async def test_sigkill_during_bulk_applies_keeps_every_acknowledged_batch_whole(
     finally:
         await client.close()
 
-    proc, url = await start_server(tmp_path / "state", log)
+    proc, url = await start_sqlite_api(tmp_path / "state", log)
     try:
         async with ApiClient(url) as c:
             pods = await c.list("Pod", "default")

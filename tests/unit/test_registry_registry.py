@@ -2,52 +2,23 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import pytest
 
 from kubelab.controller.registry import BadRequest, Forbidden, Overlay, Registry, RequestInvalid
 from kubelab.controller.store import AlreadyExists, Conflict, MemoryStore, NotFound
+from tests.helpers import Invalid, PassThrough, PortCheck, namespace
 
 
-class PassThrough:
-    """The tiny admission the brief asks for: stores what it is given, records calls."""
+class Recording(PortCheck):
+    """The tiny admission the brief asks for: stores what it is given (refusing a Service
+    port outside 1-65535), and records every call."""
 
     def __init__(self):
         self.calls = []
 
     def admit(self, op, new, old, snap):
         self.calls.append((op, (new or old)["metadata"]["name"]))
-        return new
-
-
-@dataclass(frozen=True)
-class Cause:
-    field: str
-    type: str
-    value: object
-    detail: str
-
-    def message(self):
-        return f"{self.field}: Invalid value: {self.value}: {self.detail}"
-
-
-class Invalid(Exception):
-    def __init__(self, kind, name, causes):
-        self.kind, self.name, self.causes = kind, name, causes
-        super().__init__(f'{kind} "{name}" is invalid: ' + "; ".join(c.message() for c in causes))
-
-
-class RefuseBadPorts(PassThrough):
-    def admit(self, op, new, old, snap):
-        super().admit(op, new, old, snap)
-        if new and new["kind"] == "Service":
-            for i, p in enumerate(new["spec"].get("ports", [])):
-                if not 1 <= p["port"] <= 65535:
-                    raise Invalid("Service", new["metadata"]["name"],
-                                  [Cause(f"spec.ports[{i}].port", "FieldValueInvalid", p["port"],
-                                         "must be between 1 and 65535, inclusive")])
-        return new
+        return super().admit(op, new, old, snap)
 
 
 def svc(name, port=80, ns=None):
@@ -57,14 +28,10 @@ def svc(name, port=80, ns=None):
     return {"apiVersion": "v1", "kind": "Service", "metadata": meta, "spec": {"ports": [{"port": port}]}}
 
 
-def ns(name):
-    return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
-
-
 @pytest.fixture
 async def reg():
     store = MemoryStore()
-    r = Registry(store, RefuseBadPorts())
+    r = Registry(store, Recording())
     await r.start()
     yield r
     await store.close()
@@ -173,7 +140,7 @@ async def test_apply_reports_created_configured_unchanged(reg):
 async def test_apply_is_all_or_nothing(reg):
     rv = reg.store.resource_version
     with pytest.raises(Invalid) as exc:
-        await reg.apply([svc("a"), ns("lab"), svc("b", 0), svc("c")])
+        await reg.apply([svc("a"), namespace("lab"), svc("b", 0), svc("c")])
     assert exc.value.causes[0].field == "spec.ports[0].port"
     snap = reg.store.snapshot()
     assert snap.resource_version == rv and snap.list("Service") == []
@@ -189,7 +156,7 @@ async def test_apply_sees_earlier_objects_of_the_batch(reg):
             return new
 
     reg.admission = Spy()
-    res = await reg.apply([ns("lab"), svc("a", ns="lab"), svc("b", ns="lab"), svc("a", 90, ns="lab")])
+    res = await reg.apply([namespace("lab"), svc("a", ns="lab"), svc("b", ns="lab"), svc("a", 90, ns="lab")])
     assert seen == [[], [], ["a"], ["a", "b"]]
     assert [a for a, _ in res] == ["created", "created", "created", "configured"]
     stored = reg.store.snapshot().get("Service", "lab", "a")
@@ -212,7 +179,7 @@ async def test_update_status_uses_its_own_op(reg):
 
 
 async def test_delete_namespace_deletes_its_objects(reg):
-    await reg.apply([ns("lab"), svc("a", ns="lab"), svc("b", ns="lab"), svc("keep")])
+    await reg.apply([namespace("lab"), svc("a", ns="lab"), svc("b", ns="lab"), svc("keep")])
     rv = reg.store.resource_version
     await reg.delete("Namespace", "", "lab")
     snap = reg.store.snapshot()

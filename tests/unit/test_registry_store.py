@@ -17,6 +17,7 @@ from kubelab.controller.store import (
     Store,
     Write,
 )
+from tests.helpers import wait_until
 
 
 def pod(name: str, ns: str = "default", **spec) -> dict:
@@ -106,16 +107,11 @@ async def test_failing_write_in_batch_stores_nothing(store):
     assert [o["metadata"]["name"] for o in snap.list("Pod")] == ["a"]
     assert snap.resource_version == 1
     await store.commit([Write("create", pod("d"))])
-    await asyncio.wait_for(_until(lambda: events), 2)
+    await wait_until(lambda: events, 2, "the watch event", interval=0.001)
     assert [e.object["metadata"]["name"] for e in events] == ["d"]
     assert events[0].resource_version == 2
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
-
-
-async def _until(pred):
-    while not pred():
-        await asyncio.sleep(0.001)
 
 
 async def test_snapshot_isolation(store):
@@ -171,7 +167,7 @@ async def test_watch_live_events_then_close_ends_it(store):
     await asyncio.sleep(0)
     await store.commit([Write("create", pod("a"))])
     await store.commit([Write("create", pod("b"))])
-    await asyncio.wait_for(_until(lambda: len(got) == 2), 2)
+    await wait_until(lambda: len(got) == 2, 2, "both watch events", interval=0.001)
     await store.close()
     await asyncio.wait_for(task, 2)
     assert got == ["a", "b"]
