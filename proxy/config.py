@@ -13,12 +13,18 @@ idle_timeout               3600 s      a TCP connection with no bytes either way
                                        long is closed (checked by a timer, so the close
                                        happens between 1x and 2x the value)
 max_connections            16384       above it a new client is reset at once (Envoy's
-                                       overflow behaviour); fds are the real limit
+                                       overflow behaviour); fds are the real limit: a
+                                       spliced connection holds 6 (two sockets, two
+                                       pipes), so at most ~RLIMIT_NOFILE/6 connections.
+                                       The proxy raises the soft limit to the hard one
+                                       at start
 drain_timeout              10 s        a removed frontend's live connections get this
                                        long to finish before they are aborted
 high_water / low_water     256/64 KiB  per-direction buffer marks: above high the
                                        *other* side stops reading (bounded memory);
                                        the splice relay's pipe size is high_water
+                                       (at least 4096: one page) unless the kernel
+                                       refuses it
 udp_idle_timeout           30 s        a UDP client session without packets is dropped.
                                        userspace kube-proxy used 250 ms (--udp-timeout);
                                        modern kube-proxy relies on conntrack's 30 s, which
@@ -83,6 +89,8 @@ class ProxyConfig:
             raise ValueError(f"vip_mode {self.vip_mode!r}: expected local, netns or compose")
         if not 0 <= self.low_water <= self.high_water:
             raise ValueError("need 0 <= low_water <= high_water")
+        if self.tcp_relay != "transport" and self.high_water < 4096:
+            raise ValueError("high_water must be at least 4096 (one page: the splice relay's pipe size)")
         for name in ("idle_timeout", "drain_timeout", "udp_idle_timeout", "healthz_timeout"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")

@@ -74,7 +74,7 @@ class Shared:
         if mode == "splice" and not zerocopy.available():
             raise ValueError("tcp_relay=splice needs Linux and Python >= 3.10 (os.splice)")
         self.zerocopy = mode == "splice" or (mode == "auto" and zerocopy.available())
-        self.pipes = zerocopy.PipePool(config.high_water)
+        self.pipes = zerocopy.PipePool(config.high_water) if self.zerocopy else None
         self.poller: zerocopy.Poller | None = None  # created with the first splice listener
         # One balancer per service port (and protocol and traffic policy), shared by all of its
         # frontends (ClusterIP, NodePort, LoadBalancer, externalIPs): kube-proxy keeps
@@ -250,6 +250,9 @@ class TcpFrontend(BaseFrontend):
                     if self.shared.zerocopy:
                         if self.shared.poller is None:
                             self.shared.poller = zerocopy.Poller(self.shared.loop)
+                        # Accepted sockets inherit TCP_NODELAY from the listener (Linux; see
+                        # test_proxy_zerocopy_fixes); asyncio transports set it themselves.
+                        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                         sock.listen(self.shared.config.backlog)
                         self.shared.loop.add_reader(sock.fileno(), self._accept_ready)
                         self.lsock = sock
@@ -292,9 +295,19 @@ class TcpFrontend(BaseFrontend):
                 )
                 for conn in list(self.connections):
                     conn.abort()
+        self._stop_sweeping()
+        self.state = CLOSED
+
+    def _stop_sweeping(self) -> None:
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
+
+    def abort_all(self) -> None:
+        """Abort every live connection now (a cancelled shutdown)."""
+        for conn in list(self.connections):
+            conn.abort()
+        self._stop_sweeping()
         self.state = CLOSED
 
     def describe(self) -> dict[str, Any]:
@@ -394,16 +407,23 @@ class ListenerManager:
         timeout = self.shared.config.drain_timeout if drain_timeout is None else drain_timeout
         fes = list(self.frontends.values()) + list(self.draining)
         self.frontends.clear()
-        for fe in fes:
-            fe.stop_accepting()
-        await asyncio.gather(*(fe.close(timeout) for fe in fes), return_exceptions=True)
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-        self.table = None
-        if self.shared.poller is not None:
-            self.shared.poller.close()
-            self.shared.poller = None
-        self.shared.pipes.close()
+        try:
+            for fe in fes:
+                fe.stop_accepting()
+            await asyncio.gather(*(fe.close(timeout) for fe in fes), return_exceptions=True)
+            if self._tasks:
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+        finally:
+            # Also when cancelled: no connection, poller or pipe may outlive the manager.
+            self.table = None
+            for fe in fes:
+                if isinstance(fe, TcpFrontend):
+                    fe.abort_all()
+            if self.shared.poller is not None:
+                self.shared.poller.close()
+                self.shared.poller = None
+            if self.shared.pipes is not None:
+                self.shared.pipes.close()
         await self._release_unused()
 
     def describe(self) -> list[dict[str, Any]]:

@@ -20,6 +20,7 @@ from kubelab.proxy.listener import ListenerManager, Shared
 from kubelab.proxy.metrics import ProxyMetrics
 from kubelab.proxy.table import RouteTable
 from kubelab.proxy.vip import VipClaimer, make_claimer
+from kubelab.proxy.zerocopy import raise_nofile
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,12 @@ class ServiceProxy:
             return
         loop = asyncio.get_running_loop()
         await self.vip.start()
-        self._manager = ListenerManager(Shared(self.config, loop, self.metrics), self.vip)
+        shared = Shared(self.config, loop, self.metrics)
+        if shared.zerocopy:
+            # Six fds per spliced connection: the default soft limit (1024) would cap the
+            # proxy at ~170 connections. See kubelab.proxy.zerocopy.raise_nofile.
+            raise_nofile()
+        self._manager = ListenerManager(shared, self.vip)
         self.metrics.frontend_states = self._manager.state_counts
         self._started = True
         if self.config.admin_addr is not None:

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # pragma: no cover
     from kubelab.proxy.listener import TcpFrontend
     from kubelab.proxy.metrics import EndpointStats
+    from kubelab.proxy.table import Backend
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,60 @@ class ReadBuffer:
 
 
 BIG_READ = 64 * 1024
+
+# What ``pick_endpoint`` returns when there is nothing to connect to.
+REFUSE = "refuse"  # no endpoint (left): reset the client, ``refused`` (see ``refuse``)
+DENY = "deny"  # NetworkPolicy denies the picked endpoint: reset the client (already counted)
+
+
+# -- connect bookkeeping shared by both TCP relays ------------------------------
+def pick_endpoint(fe: "TcpFrontend", client_ip: str, attempt: int,
+                  reset: bool) -> "tuple[Backend, EndpointStats] | str":
+    """The endpoint for connect attempt ``attempt`` (0-based) and its stats, NetworkPolicy
+    checked; else ``REFUSE`` or ``DENY`` (the denial counted and logged with the
+    policy's explanation). ``reset`` drops the client's ClientIP affinity (after a
+    failed attempt)."""
+    backend = fe.balancer.pick(client_ip, reset)
+    if backend is None:
+        return REFUSE
+    policy = fe.shared.policy
+    stats = fe.stats
+    proto = fe.frontend.protocol
+    if not policy.allows(client_ip, backend.ip, backend.port, proto):
+        stats.policy_denied += 1
+        log.info(
+            "denied %s -> %s (%s:%d): %s", client_ip, fe.route.service, backend.ip, backend.port,
+            policy.explain(client_ip, backend.ip, backend.port, proto),
+        )
+        return DENY
+    if attempt:
+        stats.retries += 1
+    return backend, stats.endpoint(backend.ip, backend.port)
+
+
+def attempt_failed(fe: "TcpFrontend", ep: "EndpointStats", backend: "Backend", why: object) -> None:
+    ep.connect_failures += 1
+    log.debug("connect %s:%d for %s failed: %s", backend.ip, backend.port, fe.route.service, why)
+
+
+def refuse(fe: "TcpFrontend", client_ip: str) -> None:
+    """Every attempt failed (or no endpoint): count it; the caller resets the client."""
+    fe.stats.refused += 1
+    log.info("no endpoint of %s accepted a connection from %s; resetting", fe.route.service, client_ip)
+
+
+def release(conn: Any) -> bool:
+    """A connection ended: free its slot and its endpoint's ``active`` count, once.
+    False when that was done already (or never counted)."""
+    if not conn.counted:
+        return False
+    conn.counted = False
+    fe = conn.fe
+    fe.shared.active -= 1
+    fe.connection_done(conn)
+    if conn.backend is not None:
+        conn.ep.active -= 1
+    return True
 
 
 def relay(t: Any, rbuf: ReadBuffer, nbytes: int) -> None:
@@ -158,7 +213,7 @@ class Downstream(asyncio.BufferedProtocol):
 
     __slots__ = (
         "fe", "transport", "up", "upt", "ep", "eof", "active", "task", "timed_out",
-        "closed", "counted", "client_ip", "backend", "early", "rbuf",
+        "closed", "counted", "client_ip", "backend", "early", "rbuf", "dropping",
     )
 
     def __init__(self, fe: "TcpFrontend") -> None:
@@ -168,7 +223,8 @@ class Downstream(asyncio.BufferedProtocol):
         self.upt: Any = None
         self.ep: EndpointStats | None = None
         self.eof = False
-        self.active = False
+        self.active = True  # a new connection gets a full idle period, however soon the sweep runs
+        self.dropping = False
         self.task: asyncio.Task[None] | None = None
         self.timed_out = False
         self.closed = False
@@ -196,8 +252,9 @@ class Downstream(asyncio.BufferedProtocol):
             # Local traffic policy with no local endpoint: kube-proxy DROPs. The kernel has
             # already completed the handshake, so the closest userspace analogue is to hold the
             # connection silently (the client times out) until the idle timer closes it.
+            # What it sends is read and discarded, so its close (EOF) frees the slot at once.
             fe.stats.dropped += 1
-            transport.pause_reading()
+            self.dropping = True
             return
         transport.set_write_buffer_limits(sh.config.high_water, sh.config.low_water)
         self.task = sh.loop.create_task(self._connect())
@@ -215,27 +272,16 @@ class Downstream(asyncio.BufferedProtocol):
         fe = self.fe
         sh = fe.shared
         loop = sh.loop
-        stats = fe.stats
-        proto = fe.frontend.protocol
         reset = False
         try:
             for attempt, timeout in enumerate(sh.config.connect_schedule):
-                backend = fe.balancer.pick(self.client_ip, reset)
-                if backend is None:
+                picked = pick_endpoint(fe, self.client_ip, attempt, reset)
+                if picked is REFUSE:
                     break
-                policy = sh.policy
-                if not policy.allows(self.client_ip, backend.ip, backend.port, proto):
-                    stats.policy_denied += 1
-                    log.info(
-                        "denied %s -> %s (%s:%d): %s", self.client_ip, fe.route.service,
-                        backend.ip, backend.port,
-                        policy.explain(self.client_ip, backend.ip, backend.port, proto),
-                    )
+                if picked is DENY:
                     self.transport.abort()
                     return
-                if attempt:
-                    stats.retries += 1
-                ep = stats.endpoint(backend.ip, backend.port)
+                backend, ep = picked  # type: ignore[misc]
                 self.ep = ep
                 timer = loop.call_later(timeout, self._connect_timeout)
                 try:
@@ -247,16 +293,14 @@ class Downstream(asyncio.BufferedProtocol):
                     self.timed_out = False
                     self.task.uncancel()  # type: ignore[union-attr]
                     self.up = self.upt = None
-                    ep.connect_failures += 1
+                    attempt_failed(fe, ep, backend, "timed out")
                     reset = True
-                    log.debug("connect %s:%d for %s timed out", backend.ip, backend.port, fe.route.service)
                     continue
                 except OSError as exc:
                     timer.cancel()
                     self.up = self.upt = None
-                    ep.connect_failures += 1
+                    attempt_failed(fe, ep, backend, repr(exc))
                     reset = True
-                    log.debug("connect %s:%d for %s failed: %r", backend.ip, backend.port, fe.route.service, exc)
                     continue
                 timer.cancel()
                 up = self.up
@@ -284,8 +328,7 @@ class Downstream(asyncio.BufferedProtocol):
                 elif early is not None:
                     self.transport.resume_reading()  # no-op unless _early_data paused it
                 return
-            stats.refused += 1
-            log.info("no endpoint of %s accepted a connection from %s; resetting", fe.route.service, self.client_ip)
+            refuse(fe, self.client_ip)
             self.transport.abort()
         finally:
             self.task = None
@@ -298,7 +341,8 @@ class Downstream(asyncio.BufferedProtocol):
         upt = self.upt
         rbuf = self.rbuf
         if upt is None:
-            self._early_data(bytes(rbuf.view[:nbytes]))
+            if not self.dropping:
+                self._early_data(bytes(rbuf.view[:nbytes]))
             return
         relay(upt, rbuf, nbytes)
         self.ep.bytes_in += nbytes
@@ -308,7 +352,8 @@ class Downstream(asyncio.BufferedProtocol):
         """Not used by asyncio for a BufferedProtocol; kept for direct calls (tests)."""
         upt = self.upt
         if upt is None:
-            self._early_data(data)
+            if not self.dropping:
+                self._early_data(data)
             return
         upt.write(data)
         self.ep.bytes_in += len(data)
@@ -333,6 +378,8 @@ class Downstream(asyncio.BufferedProtocol):
         self.eof = True
         t = self.upt
         if t is None:
+            if self.dropping:
+                return False  # a dropped client went away: close, free its slot
             return True  # still connecting: _connect sends the EOF on after the early data
         if self.up.eof:  # type: ignore[union-attr]
             self.close()
@@ -379,14 +426,8 @@ class Downstream(asyncio.BufferedProtocol):
         self.closed = True
         if self.task is not None:
             self.task.cancel()
-        if not self.counted:
+        if not release(self):
             return
-        self.counted = False
-        fe = self.fe
-        fe.shared.active -= 1
-        fe.connection_done(self)
-        if self.backend is not None:
-            self.ep.active -= 1
         up = self.up
         if up is not None:
             if exc is None:

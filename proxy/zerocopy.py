@@ -17,14 +17,22 @@ chunk, two copies between kernel and user space. This relay does neither:
 * **Events** -- the relay's sockets live in its own epoll set (``Poller``), which the
   event loop watches as a single fd: one ``epoll_ctl`` to register a socket, more only
   when a direction blocks or ends, none on close.
-* **Flow control** -- a direction's pipe holds at most ``capacity`` bytes (its size is
-  set to ``high_water``); when ``dst`` does not take them, ``src`` is not read again
-  until ``dst`` signals writable and the pipe drains. Memory per connection is bounded
-  by the two pipes, and the kernel's socket buffers.
+* **Flow control** -- a direction's pipe holds at most ``capacity`` bytes (its size,
+  asked to be ``high_water`` and read back: the kernel may refuse); when ``dst`` does
+  not take them, ``src`` is not read again until ``dst`` signals writable and the pipe
+  drains. Memory per connection is bounded by the two pipes, and the kernel's socket
+  buffers.
 * **Half-close** -- EOF on ``src`` (splice returns 0), once the pipe is drained,
   becomes ``shutdown(dst, SHUT_WR)``; when both directions are done both sockets
-  close. A reset or an error on either side aborts both (``SO_LINGER`` 0: RST).
+  close. A reset or an error on either side aborts both (``SO_LINGER`` 0: RST), and
+  so does a close while a pipe still holds bytes (idle sweep, drain): a truncated
+  stream must not look complete.
 * **Metrics** -- bytes are counted from splice's return values as they reach ``dst``.
+* **Failures** -- a connection that can not get its pipes (EMFILE/ENFILE: six fds per
+  connection, see ``raise_nofile``) is reset; an unexpected exception in a handler is
+  logged once and aborts that connection only (``Poller.dispatch``). Sockets have
+  ``TCP_NODELAY``, like asyncio's transports (accepted ones inherit it from the
+  listener on Linux).
 
 Idle timeouts (the ``active`` flag + the frontend's sweep), the connection limit,
 NetworkPolicy (checked on the picked backend before each connect attempt) and the
@@ -38,6 +46,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import functools
 import logging
 import os
 import select
@@ -45,6 +54,8 @@ import socket
 import struct
 from _socket import socket as _rawsocket  # the C type: no Python-level __init__/close wrappers
 from typing import TYPE_CHECKING, Any
+
+from kubelab.proxy.splice import DENY, REFUSE, attempt_failed, pick_endpoint, refuse, release
 
 if TYPE_CHECKING:  # pragma: no cover
     from kubelab.proxy.listener import TcpFrontend
@@ -59,44 +70,126 @@ _LINGER0 = struct.pack("ii", 1, 0)
 _SPLICE = getattr(os, "splice", None)
 _FLAGS = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
 _SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", None)
+_GETPIPE_SZ = getattr(fcntl, "F_GETPIPE_SZ", 1032)
+_PIPE_DEFAULT = 65536  # a new pipe's size (16 pages)
 _NONBLOCK = getattr(socket, "SOCK_NONBLOCK", 0)
 _ACCEPT_PAUSE_ERRNOS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 
 def available() -> bool:
-    """True when this platform can splice between sockets (Linux, Python >= 3.10)."""
-    return _SPLICE is not None and _NONBLOCK != 0 and hasattr(os, "pipe2") and hasattr(select, "epoll")
+    """True when this platform can splice between sockets (Linux, Python >= 3.10).
+
+    Having ``os.splice`` is not enough: a kernel or sandbox (gVisor, seccomp) may refuse
+    splice on sockets, so the first call probes it once (``probe_splice``).
+    """
+    if _SPLICE is None or _NONBLOCK == 0 or not hasattr(os, "pipe2") or not hasattr(select, "epoll"):
+        return False
+    return _splice_works()
+
+
+@functools.cache
+def _splice_works() -> bool:
+    return probe_splice(_SPLICE)
+
+
+def probe_splice(splice: Any) -> bool:
+    """Splice one byte from a loopback TCP connection into a pipe with ``splice``.
+
+    False when the kernel refuses (EINVAL, ENOSYS, EPERM...): the transport relay is used.
+    """
+    try:
+        lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    except OSError:
+        return False
+    with lsock:
+        try:
+            lsock.bind(("127.0.0.1", 0))
+            lsock.listen(1)
+            with socket.create_connection(lsock.getsockname(), timeout=2) as a:
+                b, _ = lsock.accept()
+                with b:
+                    a.sendall(b"x")
+                    r, w = os.pipe2(os.O_CLOEXEC)
+                    try:
+                        return splice(b.fileno(), w, 1) == 1
+                    finally:
+                        os.close(r)
+                        os.close(w)
+        except OSError as exc:
+            log.warning("splice(2) between sockets is unavailable (%s); using the transport relay", exc)
+            return False
+
+
+def raise_nofile(resource_mod: Any = None) -> int:
+    """Raise RLIMIT_NOFILE's soft limit to the hard limit; return the new soft limit.
+
+    A spliced connection holds six fds (two sockets, two pipes), so the proxy relays at
+    most about ``nofile / 6`` connections at once; the common soft default of 1024 would
+    allow ~170. Returns -1 where the limit can not be read.
+    """
+    if resource_mod is None:
+        try:
+            import resource as resource_mod
+        except ImportError:  # pragma: no cover - not POSIX
+            return -1
+    soft, hard = resource_mod.getrlimit(resource_mod.RLIMIT_NOFILE)
+    if hard != resource_mod.RLIM_INFINITY and soft != resource_mod.RLIM_INFINITY and soft < hard:
+        try:
+            resource_mod.setrlimit(resource_mod.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (OSError, ValueError) as exc:
+            log.warning("cannot raise RLIMIT_NOFILE from %d to %d: %s", soft, hard, exc)
+    log.debug("RLIMIT_NOFILE %d: up to ~%d spliced connections", soft, soft // 6)
+    return soft
+
+
+Pipe = tuple[int, int, int]  # (read fd, write fd, capacity in bytes)
 
 
 class PipePool:
     """Empty pipes kept for reuse: a connection takes two and gives them back on close.
 
     Only a pipe known to be empty is kept (bytes left in it would leak into the next
-    connection); at most ``limit`` are kept, the rest are closed.
+    connection); at most ``limit`` are kept, the rest are closed (an idle pool of big
+    pipes pins kernel memory and counts against the user's pipe pages).
+
+    A pipe's real size is read back (``F_GETPIPE_SZ``), never assumed: without
+    CAP_SYS_RESOURCE, once the user has used ``/proc/sys/fs/pipe-user-pages-soft``
+    the kernel hands out 2-slot pipes and ``F_SETPIPE_SZ`` fails with EPERM. Each
+    pipe carries its capacity, which its ``Flow`` uses for flow control.
     """
 
-    __slots__ = ("size", "limit", "free", "created")
+    __slots__ = ("size", "limit", "free", "created", "warned")
 
-    def __init__(self, size: int, limit: int = 512) -> None:
+    def __init__(self, size: int, limit: int = 64) -> None:
         self.size = size
         self.limit = limit
-        self.free: list[tuple[int, int]] = []
+        self.free: list[Pipe] = []
         self.created = 0
+        self.warned = False
 
-    def get(self) -> tuple[int, int]:
+    def get(self) -> Pipe:
+        """A pipe from the pool or a new one (OSError: EMFILE/ENFILE, out of fds)."""
         free = self.free
         if free:
             return free.pop()
         r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.created += 1
-        if _SETPIPE_SZ is not None and self.size != 65536:
-            try:
-                fcntl.fcntl(w, _SETPIPE_SZ, self.size)
-            except OSError:  # above /proc/sys/fs/pipe-max-size or the user's pipe pages
-                pass
-        return r, w
+        try:
+            if _SETPIPE_SZ is not None and self.size != _PIPE_DEFAULT:
+                try:
+                    fcntl.fcntl(w, _SETPIPE_SZ, self.size)
+                except OSError as exc:  # above pipe-max-size, or the user's pipe pages are used up
+                    if not self.warned:
+                        self.warned = True
+                        log.warning("cannot size relay pipes to %d bytes (%s); using the kernel's size",
+                                    self.size, exc)
+            cap = fcntl.fcntl(w, _GETPIPE_SZ)
+        except OSError:
+            cap = _PIPE_DEFAULT if self.size >= _PIPE_DEFAULT else self.size
+        return r, w, cap
 
-    def put(self, pipe: tuple[int, int], empty: bool) -> None:
+    def put(self, pipe: Pipe, empty: bool) -> None:
         if empty and len(self.free) < self.limit:
             self.free.append(pipe)
         else:
@@ -104,7 +197,7 @@ class PipePool:
             os.close(pipe[1])
 
     def close(self) -> None:
-        for r, w in self.free:
+        for r, w, _ in self.free:
             os.close(r)
             os.close(w)
         self.free.clear()
@@ -113,8 +206,20 @@ class PipePool:
 _EPOLLIN = getattr(select, "EPOLLIN", 1)
 _EPOLLOUT = getattr(select, "EPOLLOUT", 4)
 _ERRHUP = getattr(select, "EPOLLERR", 8) | getattr(select, "EPOLLHUP", 0x10)
-_IN = _EPOLLIN | getattr(select, "EPOLLRDHUP", 0x2000) | _ERRHUP  # events that mean "try reading"
+_RDHUP = getattr(select, "EPOLLRDHUP", 0x2000)
+_IN = _EPOLLIN | _ERRHUP  # events that mean "try reading"
 _OUT = _EPOLLOUT | _ERRHUP  # events that mean "try writing"
+
+
+def masks(c2b: "Flow", b2c: "Flow") -> tuple[int, int]:
+    """The epoll interest of the client and the backend socket for two directions.
+
+    A socket is read while its direction's pipe has room, and watched for writable
+    while the other direction's pipe holds bytes for it.
+    """
+    cm = (_EPOLLIN if c2b.wants_read() else 0) | (_EPOLLOUT if b2c.inpipe else 0)
+    bm = (_EPOLLIN if b2c.wants_read() else 0) | (_EPOLLOUT if c2b.inpipe else 0)
+    return cm, bm
 
 
 class Poller:
@@ -158,13 +263,34 @@ class Poller:
             for fd, ev in self.ep.poll(0):
                 h = handlers.get(fd)
                 if h is not None:
-                    h(ev)
+                    try:
+                        h(ev)
+                    except Exception:
+                        self._handler_failed(fd, h)
         finally:
             self.batch = False
             if self.deferred:
                 for sock in self.deferred:
                     sock.close()
                 self.deferred.clear()
+
+    def _handler_failed(self, fd: int, h: Any) -> None:
+        """A bug or an unexpected error in a connection's handler: log it once and abort
+        that connection. Left registered, a level-triggered event would call the broken
+        handler again on every loop turn (100% CPU) until the idle sweep."""
+        log.exception("relay handler for fd %d failed; aborting its connection", fd)
+        conn = getattr(h, "__self__", None)
+        if conn is not None:
+            try:
+                conn.abort()
+            except Exception:
+                log.exception("aborting the connection of fd %d failed", fd)
+        if self.handlers.get(fd) is h:
+            del self.handlers[fd]
+            try:
+                self.ep.unregister(fd)
+            except OSError:
+                pass
 
     def close(self) -> None:
         if not self.ep.closed:
@@ -188,15 +314,13 @@ class Flow:
     __slots__ = ("conn", "src", "dst", "dsock", "pipe", "pr", "pw", "capacity", "inpipe", "eof", "shut",
                  "blocked", "to_backend")
 
-    def __init__(self, conn: "Conn", src: int, dst: int, dsock: Any, pipe: tuple[int, int],
-                 capacity: int, to_backend: bool) -> None:
+    def __init__(self, conn: "Conn", src: int, dst: int, dsock: Any, pipe: Pipe, to_backend: bool) -> None:
         self.conn = conn
         self.src = src
         self.dst = dst
         self.dsock = dsock
         self.pipe = pipe
-        self.pr, self.pw = pipe
-        self.capacity = capacity
+        self.pr, self.pw, self.capacity = pipe
         self.inpipe = 0  # bytes read from src, not yet taken by dst
         self.eof = False  # src said EOF
         self.shut = False  # EOF passed on to dst (shutdown SHUT_WR)
@@ -209,6 +333,9 @@ class Flow:
     def read(self) -> None:
         for _ in range(READ_ROUNDS):
             want = self.capacity - self.inpipe
+            if want <= 0:  # splice(len=0) returns 0, which would read as EOF
+                self.blocked = True
+                return
             try:
                 n = _SPLICE(self.src, self.pw, want, flags=_FLAGS)  # type: ignore[misc]
             except BlockingIOError:
@@ -228,7 +355,7 @@ class Flow:
             self.write()
             # A full pipe's worth that dst took at once: a bulk transfer between two fast
             # ends; read on without a loop turn (bounded, so other connections get theirs).
-            if n < want or self.inpipe or self.conn is None:
+            if n < want or self.inpipe:
                 return
 
     def write(self) -> None:
@@ -291,7 +418,7 @@ class Conn:
         self.attempt = 0
         self.reset = False
         self.timer: Any = None
-        self.active = False
+        self.active = True  # a new connection gets a full idle period, however soon the sweep runs
         self.closed = False
         self.counted = True
         self.c2b: Flow | None = None
@@ -313,9 +440,7 @@ class Conn:
         """Make both sockets' epoll interest match what the two directions wait for."""
         if self.closed:
             return
-        c2b, b2c = self.c2b, self.b2c
-        cm = (_EPOLLIN if c2b.wants_read() else 0) | (_EPOLLOUT if b2c.inpipe else 0)  # type: ignore[union-attr]
-        bm = (_EPOLLIN if b2c.wants_read() else 0) | (_EPOLLOUT if c2b.inpipe else 0)  # type: ignore[union-attr]
+        cm, bm = masks(self.c2b, self.b2c)  # type: ignore[arg-type]
         if cm != self.cmask:
             self._set(self.cfd, self.cmask, cm, self.on_client_event)
             self.cmask = cm
@@ -326,26 +451,15 @@ class Conn:
     # -- connect --------------------------------------------------------------
     def connect_next(self, attempt: int) -> None:
         fe = self.fe
-        sh = fe.shared
-        stats = fe.stats
-        schedule = sh.config.connect_schedule
-        proto = fe.frontend.protocol
+        schedule = fe.shared.config.connect_schedule
         while attempt < len(schedule):
-            backend = fe.balancer.pick(self.client_ip, self.reset)
-            if backend is None:
+            picked = pick_endpoint(fe, self.client_ip, attempt, self.reset)
+            if picked is REFUSE:
                 break
-            policy = sh.policy
-            if not policy.allows(self.client_ip, backend.ip, backend.port, proto):
-                stats.policy_denied += 1
-                log.info(
-                    "denied %s -> %s (%s:%d): %s", self.client_ip, fe.route.service, backend.ip, backend.port,
-                    policy.explain(self.client_ip, backend.ip, backend.port, proto),
-                )
+            if picked is DENY:
                 self.abort()
                 return
-            if attempt:
-                stats.retries += 1
-            ep = stats.endpoint(backend.ip, backend.port)
+            backend, ep = picked  # type: ignore[misc]
             self.ep = ep
             try:
                 s = _rawsocket(socket.AF_INET6 if ":" in backend.ip else socket.AF_INET,
@@ -353,7 +467,16 @@ class Conn:
             except OSError as exc:
                 log.warning("cannot open a socket to %s:%d: %s", backend.ip, backend.port, exc)
                 break
-            err = s.connect_ex((backend.ip, backend.port))
+            try:
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                err = s.connect_ex((backend.ip, backend.port))
+            except Exception as exc:  # a bad address (port > 65535, a name that does not resolve)
+                s.close()
+                log.warning("connect %s:%d for %s: %r", backend.ip, backend.port, fe.route.service, exc)
+                attempt_failed(fe, ep, backend, repr(exc))
+                self.reset = True
+                attempt += 1
+                continue
             if err == 0 or err == errno.EINPROGRESS:
                 self.bsock = s
                 self.bfd = s.fileno()
@@ -365,13 +488,10 @@ class Conn:
                 self.timer = self.loop.call_later(schedule[attempt], self.on_connect_timeout)
                 return
             s.close()
-            ep.connect_failures += 1
+            attempt_failed(fe, ep, backend, os.strerror(err))
             self.reset = True
-            log.debug("connect %s:%d for %s failed: %s", backend.ip, backend.port, fe.route.service,
-                      os.strerror(err))
             attempt += 1
-        stats.refused += 1
-        log.info("no endpoint of %s accepted a connection from %s; resetting", fe.route.service, self.client_ip)
+        refuse(fe, self.client_ip)
         self.abort()
 
     def on_backend_event(self, ev: int) -> None:
@@ -414,9 +534,8 @@ class Conn:
             self.bmask = 0
             self.bfd = -1
             self.poller.close_socket(s)
-        self.ep.connect_failures += 1  # type: ignore[union-attr]
+        attempt_failed(self.fe, self.ep, backend, why)  # type: ignore[arg-type]
         self.reset = True
-        log.debug("connect %s:%d for %s: %s", backend.ip, backend.port, self.fe.route.service, why)  # type: ignore[union-attr]
         self.connect_next(self.attempt + 1)
 
     def connected(self, backend: "Backend") -> None:
@@ -427,9 +546,21 @@ class Conn:
         pool = self.fe.shared.pipes
         cs, bs = self.csock, self.bsock
         cfd, bfd = self.cfd, self.bfd
-        cap = pool.size
-        self.c2b = c2b = Flow(self, cfd, bfd, bs, pool.get(), cap, True)
-        self.b2c = Flow(self, bfd, cfd, cs, pool.get(), cap, False)
+        try:
+            p1 = pool.get()
+        except OSError as exc:  # EMFILE/ENFILE: a connection needs six fds
+            log.warning("no pipe for %s -> %s: %s; resetting", self.client_ip, self.fe.route.service, exc)
+            self.abort(exc)
+            return
+        try:
+            p2 = pool.get()
+        except OSError as exc:
+            pool.put(p1, True)
+            log.warning("no pipe for %s -> %s: %s; resetting", self.client_ip, self.fe.route.service, exc)
+            self.abort(exc)
+            return
+        self.c2b = c2b = Flow(self, cfd, bfd, bs, p1, True)
+        self.b2c = Flow(self, bfd, cfd, cs, p2, False)
         # The client was not read while connecting; an HTTP client has usually sent its
         # request by now: read it without waiting for a loop turn.
         c2b.read()
@@ -453,17 +584,18 @@ class Conn:
             poller.forget(self.cfd)
         if self.bmask:
             poller.forget(self.bfd)
-        if self.counted:
-            self.counted = False
-            fe = self.fe
-            fe.shared.active -= 1
-            fe.connection_done(self)
-            if self.backend is not None:
-                self.ep.active -= 1  # type: ignore[union-attr]
+        release(self)
 
     def close(self) -> None:
-        """Graceful: FIN to both sides (what the kernel holds is still delivered)."""
+        """Graceful: FIN to both sides (what the kernel holds is still delivered).
+
+        Bytes still in a pipe can not be delivered after the close: then it is an abort,
+        so the peer sees a reset and not a clean EOF on a truncated stream."""
         if self.closed:
+            return
+        c2b, b2c = self.c2b, self.b2c
+        if (c2b is not None and c2b.inpipe) or (b2c is not None and b2c.inpipe):  # buffered(), inlined
+            self.abort()
             return
         self._teardown()
         poller = self.poller
@@ -486,6 +618,16 @@ class Conn:
             except OSError:
                 pass
             self.poller.close_socket(s)
+
+    def watch_drop(self) -> None:
+        """A DROPped connection is held, not read; watch only for the client going away
+        (EPOLLRDHUP, or ERR/HUP) so its slot is freed at once, not at the idle sweep."""
+        self.poller.handlers[self.cfd] = self.on_drop_event
+        self.poller.ep.register(self.cfd, _RDHUP)
+        self.cmask = _RDHUP
+
+    def on_drop_event(self, ev: int) -> None:
+        self.abort()
 
     # -- introspection (tests, /routes) -------------------------------------
     def buffered(self) -> int:
@@ -526,7 +668,9 @@ def accept_ready(fe: "TcpFrontend", lsock: socket.socket) -> None:
         fe.connections.add(conn)  # type: ignore[arg-type]
         if fe.action != "serve":
             # Local traffic policy with no local endpoint: kube-proxy DROPs. The handshake is
-            # done already, so hold the connection silently until the idle sweep closes it.
+            # done already, so hold the connection silently until the idle sweep closes it,
+            # or the client gives up (watched, so a port scan can not keep the slots).
             fe.stats.dropped += 1
+            conn.watch_drop()
             continue
         conn.connect_next(0)

@@ -65,6 +65,7 @@ class FakeLoop:
 
 
 def pair(**cfg: Any) -> tuple[Downstream, FakeTransport, Upstream, FakeTransport, Any]:
+    cfg.setdefault("tcp_relay", "transport")  # these are transport relay tests
     config = ProxyConfig(**cfg)
     loop = FakeLoop()
     shared = SimpleNamespace(config=config, loop=loop, active=1, policy=None, rbuf=ReadBuffer())
@@ -195,6 +196,7 @@ def test_abandoned_attempt_does_not_close_client() -> None:
 def test_idle_sweep_closes_only_idle_connections() -> None:
     busy, bt, _, but, _ = pair()
     idle, it, _, iut, _ = pair()
+    idle.active = False  # no traffic in the period (a new connection starts active)
     busy.active = True
     assert sweep_idle({busy, idle}) == 1  # busy had traffic in the period: kept, flag reset
     assert it.closed and iut.closed and not bt.closed
