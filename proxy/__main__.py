@@ -61,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--healthz-timeout", type=float, default=d.healthz_timeout)
     p.add_argument("--high-water", type=int, default=d.high_water)
     p.add_argument("--low-water", type=int, default=d.low_water)
+    p.add_argument("--pipe-size", type=int, default=d.pipe_size, help="splice relay: pipe size per direction")
     p.add_argument("--tcp-relay", choices=("auto", "splice", "transport"), default=d.tcp_relay,
                    help="splice: raw sockets + splice(2) (Linux); transport: asyncio transports")
     p.add_argument("--vip-mode", choices=("local", "netns", "compose"), default=d.vip_mode)
@@ -83,6 +84,7 @@ def config_from_args(args: argparse.Namespace) -> ProxyConfig:
         healthz_timeout=args.healthz_timeout,
         high_water=args.high_water,
         low_water=args.low_water,
+        pipe_size=args.pipe_size,
         balancer=args.balancer,
         tcp_relay=args.tcp_relay,
         vip_mode=args.vip_mode,

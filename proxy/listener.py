@@ -74,7 +74,7 @@ class Shared:
         if mode == "splice" and not zerocopy.available():
             raise ValueError("tcp_relay=splice needs Linux and Python >= 3.10 (os.splice)")
         self.zerocopy = mode == "splice" or (mode == "auto" and zerocopy.available())
-        self.pipes = zerocopy.PipePool(config.high_water) if self.zerocopy else None
+        self.pipes = zerocopy.PipePool(config.pipe_size) if self.zerocopy else None
         self.poller: zerocopy.Poller | None = None  # created with the first splice listener
         # One balancer per service port (and protocol and traffic policy), shared by all of its
         # frontends (ClusterIP, NodePort, LoadBalancer, externalIPs): kube-proxy keeps

@@ -18,7 +18,7 @@ chunk, two copies between kernel and user space. This relay does neither:
   event loop watches as a single fd: one ``epoll_ctl`` to register a socket, more only
   when a direction blocks or ends, none on close.
 * **Flow control** -- a direction's pipe holds at most ``capacity`` bytes (its size,
-  asked to be ``high_water`` and read back: the kernel may refuse); when ``dst`` does
+  asked to be ``pipe_size`` and read back: the kernel may refuse); when ``dst`` does
   not take them, ``src`` is not read again until ``dst`` signals writable and the pipe
   drains. Memory per connection is bounded by the two pipes, and the kernel's socket
   buffers.
@@ -55,6 +55,7 @@ import struct
 from _socket import socket as _rawsocket  # the C type: no Python-level __init__/close wrappers
 from typing import TYPE_CHECKING, Any
 
+from kubelab.proxy.config import privileged
 from kubelab.proxy.splice import DENY, REFUSE, attempt_failed, pick_endpoint, refuse, release
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -161,9 +162,11 @@ class PipePool:
 
     __slots__ = ("size", "limit", "free", "created", "warned")
 
-    def __init__(self, size: int, limit: int = 64) -> None:
+    def __init__(self, size: int, limit: int | None = None) -> None:
         self.size = size
-        self.limit = limit
+        # enough for 128 connections at once with root; without it idle pipes count against
+        # the user's pipe pages (see ProxyConfig.pipe_size), so fewer are kept
+        self.limit = limit if limit is not None else (256 if privileged() else 64)
         self.free: list[Pipe] = []
         self.created = 0
         self.warned = False

@@ -187,7 +187,7 @@ async def test_slow_reader_keeps_proxy_buffers_bounded() -> None:
     size = 32 * 1024 * 1024
     high = 128 * 1024
     async with Lab() as lab:
-        p = await lab.proxy(high_water=high, low_water=32 * 1024)
+        p = await lab.proxy(high_water=high, low_water=32 * 1024, pipe_size=high)
         b = await lab.bulk(size)
         f = Frontend(fresh_ip(), 80)
         await p.apply(lab.table({f: route(b)}))

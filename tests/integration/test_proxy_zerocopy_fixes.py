@@ -73,7 +73,7 @@ async def test_pipe_failure_resets_client_and_frees_everything(
             f = Frontend(fresh_ip(), 80)
             await p.apply(lab.table({f: route(b)}))
             sh = p.manager.shared
-            sh.pipes = pool = FailingPool(sh.config.high_water, ok, exc)
+            sh.pipes = pool = FailingPool(sh.config.pipe_size, ok, exc)
             with caplog.at_level(logging.WARNING, logger="kubelab.proxy"):
                 try:  # the reset may come before the client's connect() has even returned
                     r, _ = await lab.connect(f.ip, f.port)

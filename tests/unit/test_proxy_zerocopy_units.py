@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from kubelab.proxy import zerocopy
-from kubelab.proxy.config import ProxyConfig
+from kubelab.proxy.config import ProxyConfig, privileged
 
 IN, OUT = zerocopy._EPOLLIN, zerocopy._EPOLLOUT
 linux_pipes = pytest.mark.skipif(zerocopy._SETPIPE_SZ is None, reason="pipe sizing is Linux-only")
@@ -104,11 +104,13 @@ def test_pipe_pool_capacity_follows_the_requested_size() -> None:
 
 
 def test_pipe_pool_keeps_a_bounded_idle_pool() -> None:
-    assert zerocopy.PipePool(65536).limit == 64
+    assert zerocopy.PipePool(65536, limit=64).limit == 64
+    assert zerocopy.PipePool(65536).limit == (256 if privileged() else 64)
 
 
-def test_high_water_below_a_page_is_refused_for_splice() -> None:
+def test_a_pipe_below_a_page_is_refused_for_splice() -> None:
     for relay in ("auto", "splice"):
         with pytest.raises(ValueError, match="4096"):
-            ProxyConfig(tcp_relay=relay, high_water=1000, low_water=100)
-    assert ProxyConfig(tcp_relay="transport", high_water=1000, low_water=100).high_water == 1000
+            ProxyConfig(tcp_relay=relay, pipe_size=1000)
+    assert ProxyConfig(tcp_relay="transport", pipe_size=1000).pipe_size == 1000
+    assert ProxyConfig(tcp_relay="splice", high_water=1000, low_water=100).high_water == 1000  # transport's knob
