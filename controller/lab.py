@@ -201,7 +201,8 @@ class Lab:
         self.enforcer = NetnsPolicyEnforcer(runtime.netns_of_ip, proxied_cidrs(cfg.service_cidrs, cfg.lb_pool),
                                             prefix=cfg.netns_prefix)
         runtime.on_pod_network = self.enforcer.pod_network_ready
-        self._closers.append(self.enforcer.close)
+        # closed after the runtime (closers run in reverse): no pod starts without it
+        self._closers.insert(self._closers.index(runtime.close), self.enforcer.close)
         return self._in_process_sink("netpol", self.enforcer.apply, "routes")
 
     def _readiness_hook(self) -> None:

@@ -360,10 +360,11 @@ class NetnsPolicyEnforcer:
         """Write the pod's rules before its processes start (see the module docstring).
 
         Called once per freshly built namespace. Raises EnforceError when an isolating
-        ruleset could not be written.
+        ruleset could not be written, and once closed: a pod started then (the lab
+        shutting down) would run with no rules at all.
         """
         if self._closed:
-            return
+            raise EnforceError(f"NetworkPolicy enforcement has stopped: not starting {netns}")
         async with self._lock(netns):
             # a new namespace: nothing written to an earlier one of this name holds here
             self._applied.pop(netns, None)
@@ -380,7 +381,7 @@ class NetnsPolicyEnforcer:
                 log.warning("no policy table knows pod %s (%s) after %.1fs: it starts non-isolated "
                             "until one does", netns, pod_ip, self.settle_timeout)
         if self._closed:
-            return
+            raise EnforceError(f"NetworkPolicy enforcement has stopped: not starting {netns}")
         empty = empty_ruleset(self.table_name)
         ok = await self._sync(netns, pod_ip, fallback=empty, bounded=False)
         if not ok:
