@@ -20,7 +20,7 @@ Why it looks like this:
   cycles; reference counting frees them), yet with 60,000 objects loaded every full
   collection walks a million dicts: 0.6-0.8 s with the event loop stopped, which is what
   a readiness flip's p99 would see. After a bulk commit (:data:`BULK_WRITES` writes or
-  more) the store calls :func:`settle_heap`, which moves everything alive into the
+  more) the store calls :meth:`HeapSettler.settle`, which moves everything alive into the
   permanent generation (``gc.freeze()``); :func:`collector_paused` keeps the collector
   off while a bulk batch allocates (bench/registry/README.md has the numbers).
 """
@@ -34,6 +34,7 @@ import datetime
 import gc
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Iterable, Iterator, Sequence
 
@@ -42,7 +43,7 @@ log = logging.getLogger(__name__)
 Key = tuple[str, str, str]  # kind, namespace, name
 
 DEFAULT_HISTORY = 200_000
-BULK_WRITES = 1000  # a batch at least this big is a bulk load: see settle_heap()
+BULK_WRITES = 1000  # a batch at least this big is a bulk load: see HeapSettler
 
 
 class StoreError(Exception):
@@ -125,18 +126,32 @@ def collector_paused(active: bool = True) -> Iterator[None]:
         gc.enable()
 
 
-def settle_heap() -> None:
-    """After a bulk commit: one full collection, then freeze what survived.
+FULL_GC_INTERVAL = 60.0  # seconds: at most one full collection this often (see HeapSettler)
 
-    Frozen objects are still freed by reference counting when dropped, but a frozen
-    object that later dies in a reference cycle is never collected while it stays
-    frozen. So everything frozen before is unfrozen and collected first: what leaks is
-    bounded by what died between two bulk commits, and the full pass (a fraction of a
-    second at 60k objects) runs once per bulk load, which is rare.
+
+@dataclass
+class HeapSettler:
+    """After a bulk commit: collect the young garbage, then freeze what survived.
+
+    Frozen objects are still freed by reference counting when dropped, but one that
+    later dies in a reference cycle is only collected once unfrozen. So at most once
+    per ``interval`` everything is unfrozen and fully collected first: the leak is
+    bounded by time, and the full pass (1-2 s at 60k objects) does not run on every
+    bulk commit.
     """
-    gc.unfreeze()
-    gc.collect()
-    gc.freeze()
+
+    interval: float = FULL_GC_INTERVAL
+    last_full: float = field(default_factory=time.monotonic)
+
+    def settle(self) -> None:
+        now = time.monotonic()
+        if now - self.last_full >= self.interval:
+            self.last_full = now
+            gc.unfreeze()
+            gc.collect()
+        else:
+            gc.collect(1)
+        gc.freeze()
 
 
 def now_timestamp() -> str:
@@ -318,6 +333,7 @@ class Store(abc.ABC):
         self._lock: asyncio.Lock | None = None
         self._closed = False
         self._tasks: set[asyncio.Future] = set()
+        self.heap = HeapSettler()
 
     # -- hooks for backends --
 
@@ -442,7 +458,7 @@ class Store(abc.ABC):
             self._rv = rv
             self._publish(events)
             if len(events) >= BULK_WRITES:
-                settle_heap()
+                self.heap.settle()
             return results
 
     def _publish(self, events: list[Event]) -> None:

@@ -88,10 +88,10 @@ async def test_bulk_apply_runs_with_gc_paused_and_restores_it(restore_gc):
         await store.close()
 
 
-def test_an_object_frozen_alive_that_dies_in_a_cycle_is_freed_by_the_next_bulk_commit(restore_gc):
+def test_an_object_frozen_alive_that_dies_in_a_cycle_is_freed_by_the_next_full_pass(restore_gc):
     import weakref
 
-    from kubelab.controller.store import settle_heap
+    from kubelab.controller.store import HeapSettler
 
     class Node:
         pass
@@ -99,9 +99,13 @@ def test_an_object_frozen_alive_that_dies_in_a_cycle_is_freed_by_the_next_bulk_c
     a, b = Node(), Node()
     a.peer, b.peer = b, a  # a cycle: only the cyclic GC can free it
     alive = weakref.ref(a)
-    settle_heap()  # frozen while still in use
+    heap = HeapSettler(interval=3600)
+    heap.settle()  # frozen while still in use
     del a, b
     gc.collect()
     assert alive() is not None  # frozen: a full collection does not see it
-    settle_heap()  # the next bulk commit
+    heap.settle()  # a bulk commit within the interval: young generations only
+    assert alive() is not None
+    heap.last_full -= 3600  # the interval has passed
+    heap.settle()
     assert alive() is None
