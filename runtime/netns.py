@@ -288,6 +288,27 @@ def record_routes(prefix: str, cidrs: Sequence[str], state_dir: Path | None = No
     tmp.replace(path)
 
 
+def routes_of_other_labs(prefix: str, cidrs: Sequence[str], state_dir: Path | None = None) -> str | None:
+    """Why this lab can't route ``cidrs`` (None: it can): another lab's recorded routes
+    overlap them. Two labs on one range would share one kernel route, and the first to
+    stop (or its ``kubelab down``) would take it from the other."""
+    mine = [ipaddress.ip_network(c) for c in cidrs]
+    for path in sorted((state_dir or STATE_DIR).glob("*.routes")):
+        other = path.name[: -len(".routes")]
+        if other == prefix:
+            continue
+        for theirs in recorded_routes(other, state_dir):
+            try:
+                net = ipaddress.ip_network(theirs)
+            except ValueError:
+                continue
+            clash = next((m for m in mine if m.version == net.version and m.overlaps(net)), None)
+            if clash is not None:
+                return (f"{clash} overlaps {net}, routed by the lab with prefix {other} (give this lab other "
+                        f"ranges, or stop that lab; after a crash: kubelab down --netns-prefix {other})")
+    return None
+
+
 def recorded_routes(prefix: str, state_dir: Path | None = None) -> list[str]:
     try:
         return [line.strip() for line in routes_file(prefix, state_dir).read_text().splitlines() if line.strip()]
@@ -297,7 +318,11 @@ def recorded_routes(prefix: str, state_dir: Path | None = None) -> list[str]:
 
 class LabLock:
     """``/run/kubelab/<prefix>.lock``, flocked while a lab (or ``kubelab down``) uses the
-    prefix; the kernel drops it when the process dies, so a crashed lab holds nothing."""
+    prefix; the kernel drops it when the process dies, so a crashed lab holds nothing.
+
+    A clean release removes the file (the lab leaves no file behind). Whoever locked a
+    file that was removed meanwhile holds a lock nobody else can see, so ``acquire``
+    checks that the locked file is still the one at the path, and retries if not."""
 
     def __init__(self, prefix: str, state_dir: Path | None = None) -> None:
         self.prefix = prefix
@@ -308,13 +333,21 @@ class LabLock:
         import fcntl
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            os.close(fd)
-            raise LabRunning(f"a lab with prefix {self.prefix} is running (pid {pid})") from None
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+                os.close(fd)
+                raise LabRunning(f"a lab with prefix {self.prefix} is running (pid {pid})") from None
+            try:
+                current = os.stat(self.path).st_ino
+            except FileNotFoundError:
+                current = None
+            if current == os.fstat(fd).st_ino:
+                break
+            os.close(fd)  # released and removed while we waited for it: lock the new one
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd
@@ -322,6 +355,7 @@ class LabLock:
 
     def release(self) -> None:
         if self._fd is not None:
+            self.path.unlink(missing_ok=True)  # still ours while locked
             os.close(self._fd)  # closing the only descriptor drops the flock
             self._fd = None
 
@@ -354,6 +388,9 @@ class Netns:
             await asyncio.to_thread(cleanup, self.cfg.prefix, self.state_dir)
             for argv in bridge_commands(self.cfg):
                 await run(argv)
+            clash = routes_of_other_labs(self.cfg.prefix, self.cfg.local_cidrs, self.state_dir)
+            if clash:
+                raise NetnsError(clash)
             await asyncio.to_thread(record_routes, self.cfg.prefix, self.cfg.local_cidrs, self.state_dir)
             for argv in local_route_commands(self.cfg):
                 await run(argv)

@@ -122,3 +122,30 @@ def test_a_second_holder_of_the_prefix_is_refused_with_the_pid(tmp_path):
         first.release()
     with LabLock("kl-", tmp_path):  # released: the next one gets it
         pass
+    assert list(tmp_path.iterdir()) == []  # a clean release leaves no file behind
+
+
+def test_a_lock_file_removed_while_locking_is_locked_again(tmp_path):
+    import fcntl
+    import os
+
+    stale = LabLock("kl-", tmp_path).path
+    stale.write_text("")
+    fd = os.open(stale, os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # what a waiter holds after the holder removed the file
+    stale.unlink()
+    try:
+        with LabLock("kl-", tmp_path) as lock:  # the path is free: a new file, a real lock
+            assert lock.path.exists() and os.stat(lock.path).st_ino != os.fstat(fd).st_ino
+    finally:
+        os.close(fd)
+
+
+def test_a_range_another_lab_routes_is_refused(tmp_path):
+    from kubelab.runtime.netns import record_routes, routes_of_other_labs
+
+    record_routes("kl-", ["10.96.0.0/16", "10.97.0.0/24"], tmp_path)
+    assert routes_of_other_labs("kl-", ["10.96.0.0/16"], tmp_path) is None  # its own record
+    assert routes_of_other_labs("lab2-", ["10.98.0.0/16", "fd00::/64"], tmp_path) is None
+    why = routes_of_other_labs("lab2-", ["10.98.0.0/16", "10.96.128.0/20"], tmp_path)
+    assert why is not None and "10.96.128.0/20 overlaps 10.96.0.0/16" in why and "kl-" in why
