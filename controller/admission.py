@@ -34,9 +34,8 @@ are re-exported here; other parts import them from this module.
 
 from __future__ import annotations
 
-import importlib
 import logging
-from typing import Any, Callable
+from typing import Any
 
 from kubelab.controller.allocators import ServiceAllocator
 from kubelab.controller.config import LabConfig
@@ -45,16 +44,15 @@ from kubelab.controller.validation import (
     FieldError,
     Invalid,
     not_supported,
-    validate_network_policy_base,
     validate_object,
 )
+from kubelab.controller.netpol_validation import validate_network_policy
 
 __all__ = ["Admission", "FieldError", "Invalid", "SIMULATED_ANNOTATION", "is_simulated"]
 
 log = logging.getLogger(__name__)
 
 SIMULATED_ANNOTATION = "kubelab.dev/simulated"
-NETPOL_MODULES = ("kubelab.controller.netpol", "kubelab.controller.netpol_validation")
 STATUS_OPS = frozenset({"update_status", "status", "update-status"})
 _STATUS_SUBRESOURCE_KINDS = frozenset({"Pod", "Service", "Deployment", "Namespace", "Node"})
 
@@ -73,7 +71,6 @@ class Admission:
     def __init__(self, config: LabConfig) -> None:
         self.config = config
         self.services = ServiceAllocator(config)
-        self._netpol_validate: Callable[[dict], list[FieldError]] | None | bool = False
 
     def admit(self, op: str, new: dict | None, old: dict | None, snap: Any) -> dict | None:
         """The object to store for this write, or ``Invalid``."""
@@ -97,7 +94,7 @@ class Admission:
             obj["status"] = clone(old.get("status") or {})
         errs = validate_object(obj, old if op == "update" else None)
         if kind == "NetworkPolicy" and not errs:
-            errs = self._validate_netpol(obj)
+            errs = validate_network_policy(obj)
         if errs:
             raise Invalid(kind or "Object", _name(obj), errs)
         if kind == "Service":
@@ -151,27 +148,6 @@ class Admission:
         if errs:
             raise Invalid(kind, _name(obj), errs)
         return obj
-
-    # -- NetworkPolicy -------------------------------------------------------------------
-
-    def _validate_netpol(self, obj: dict) -> list[FieldError]:
-        if self._netpol_validate is False:
-            self._netpol_validate = None
-            for name in NETPOL_MODULES:
-                try:
-                    mod = importlib.import_module(name)
-                except ModuleNotFoundError as exc:
-                    if exc.name != name:
-                        raise
-                    continue
-                fn = getattr(mod, "validate_network_policy", None)
-                if callable(fn):
-                    self._netpol_validate = fn
-                    break
-        fn = self._netpol_validate
-        if not callable(fn):  # the NetworkPolicy engine is not installed: our own subset
-            return [e for e in validate_network_policy_base(obj, None) if not e.field.startswith("metadata")]
-        return list(fn(obj) or ())
 
 
 def _default_simulated_status(status: dict[str, Any]) -> dict[str, Any]:

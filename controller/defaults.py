@@ -143,10 +143,13 @@ def default_namespace(ns: dict[str, Any]) -> None:
 
 def default_network_policy(np: dict[str, Any]) -> None:
     """policyTypes: Ingress always; Egress iff egress rules are present (SetDefaults_NetworkPolicySpec)."""
-    spec = np.setdefault("spec", {})
+    spec = np.get("spec")
+    if spec is None:
+        spec = np["spec"] = {}
     if not isinstance(spec, dict):
-        return
-    spec.setdefault("podSelector", {})
+        return  # validation reports it
+    if spec.get("podSelector") is None:
+        spec["podSelector"] = {}
     if not spec.get("policyTypes"):
         types = ["Ingress"]
         if spec.get("egress"):
@@ -156,8 +159,8 @@ def default_network_policy(np: dict[str, Any]) -> None:
         for rule in spec.get(direction) or ():
             if isinstance(rule, dict):
                 for p in rule.get("ports") or ():
-                    if isinstance(p, dict):
-                        p.setdefault("protocol", "TCP")
+                    if isinstance(p, dict) and p.get("protocol") is None:
+                        p["protocol"] = "TCP"
 
 
 def default_endpoint_slice(es: dict[str, Any]) -> None:

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Protocol
 
 from kubelab.controller.netpol_validation import validate_network_policy
+from kubelab.controller.defaults import default_network_policy as _default_in_place
 from kubelab.controller.validation import selector_matches as _label_selector_matches
 from kubelab.proxy.policy import (
     EGRESS,
@@ -87,28 +88,6 @@ def selector_matches(selector: Mapping[str, Any] | None, labels: Mapping[str, st
     (an absent podSelector/namespaceSelector in a peer selects all). NotIn and
     DoesNotExist match a missing key; the matching itself is the registry's."""
     return _label_selector_matches(selector or {}, labels)
-    for key, value in (selector.get("matchLabels") or {}).items():
-        if labels.get(key) != value:
-            return False
-    for req in selector.get("matchExpressions") or ():
-        key = req.get("key")
-        op = req.get("operator")
-        values = req.get("values") or ()
-        if op == "In":
-            if key not in labels or labels[key] not in values:
-                return False
-        elif op == "NotIn":
-            if key in labels and labels[key] in values:
-                return False
-        elif op == "Exists":
-            if key not in labels:
-                return False
-        elif op == "DoesNotExist":
-            if key in labels:
-                return False
-        else:
-            return False
-    return True
 
 
 # ---------------------------------------------------------------------------
@@ -122,24 +101,7 @@ def default_network_policy(obj: Mapping[str, Any]) -> dict[str, Any]:
     ``len(spec.egress) != 0`` (so ``egress: []`` adds nothing, ``egress: [{}]`` does).
     """
     out = copy.deepcopy(dict(obj))
-    spec = out.get("spec")
-    if spec is None:
-        spec = out["spec"] = {}
-    if not isinstance(spec, dict):
-        return out  # validation reports it
-    if spec.get("podSelector") is None:
-        spec["podSelector"] = {}
-    if not spec.get("policyTypes"):
-        types = ["Ingress"]
-        if spec.get("egress"):
-            types.append("Egress")
-        spec["policyTypes"] = types
-    for direction in ("ingress", "egress"):
-        for rule in spec.get(direction) or ():
-            if isinstance(rule, dict):
-                for port in rule.get("ports") or ():
-                    if isinstance(port, dict) and not port.get("protocol"):
-                        port["protocol"] = "TCP"
+    _default_in_place(out)  # the registry's defaulting, on a copy: files given offline are not admitted
     return out
 
 

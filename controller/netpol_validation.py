@@ -4,9 +4,6 @@ A port of ``ValidateNetworkPolicySpec``/``Port``/``Peer``/``IPBlock`` (kubernete
 pkg/apis/networking/validation) and ``ValidateLabelSelector`` (apimachinery), R29 of
 reference/netpol-spec.md. Only ``spec`` is checked here; object metadata (name,
 namespace) is the same for every kind and is admission's job.
-
-``FieldError`` is admission's (admission finds this function by import name at its
-first NetworkPolicy, so importing admission here is not circular).
 """
 
 from __future__ import annotations
@@ -15,13 +12,11 @@ import ipaddress
 import re
 from typing import Any
 
-from kubelab.controller.admission import FieldError
+from kubelab.controller.validation import FieldError, iana_svc_name
 
 PROTOCOLS = ("TCP", "UDP", "SCTP")
 POLICY_TYPES = ("Ingress", "Egress")
 
-_PORT_NAME_CHARSET = re.compile(r"^[-a-z0-9]+$")
-_PORT_NAME_LETTER = re.compile(r"[a-z]")
 _QNAME_FMT = "([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]"
 _QNAME = re.compile(f"^{_QNAME_FMT}$")
 _DNS1123_SUBDOMAIN_FMT = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
@@ -135,26 +130,10 @@ def _port(errs: _Errors, port: Any, path: str) -> None:
     elif isinstance(number, str):
         if end is not None:
             errs.invalid(f"{path}.endPort", end, "may not be specified when `port` is non-numeric")
-        for msg in port_name_errors(number):
+        for msg in iana_svc_name(number):
             errs.invalid(f"{path}.port", number, msg)
     else:
         errs.invalid(f"{path}.port", number, "must be an integer or a port name")
-
-
-def port_name_errors(name: str) -> list[str]:
-    """``IsValidPortName``: an IANA_SVC_NAME (so ``"80"`` is not a name)."""
-    out = []
-    if len(name) > 15:
-        out.append("must be no more than 15 characters")
-    if not _PORT_NAME_CHARSET.match(name):
-        out.append("must contain only alpha-numeric characters (a-z, 0-9), and hyphens (-)")
-    if not _PORT_NAME_LETTER.search(name):
-        out.append("must contain at least one letter (a-z)")
-    if "--" in name:
-        out.append("must not contain consecutive hyphens")
-    if name and (name[0] == "-" or name[-1] == "-"):
-        out.append("must not begin or end with a hyphen")
-    return out
 
 
 def _peer(errs: _Errors, peer: Any, path: str) -> None:

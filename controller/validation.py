@@ -787,16 +787,6 @@ def validate_endpoint_slice(es: Mapping[str, Any], old: Mapping[str, Any] | None
     return errs
 
 
-def validate_network_policy_base(np: Mapping[str, Any], old: Mapping[str, Any] | None) -> list[FieldError]:
-    errs = validate_metadata(np, dns1123_subdomain)
-    spec = np.get("spec") or {}
-    errs += validate_label_selector(spec.get("podSelector"), "spec.podSelector")
-    for i, pt in enumerate(spec.get("policyTypes") or ()):
-        if pt not in ("Ingress", "Egress"):
-            errs.append(not_supported(f"spec.policyTypes[{i}]", pt, ("Egress", "Ingress")))
-    return errs
-
-
 VALIDATORS: dict[str, Callable[[Mapping[str, Any], Mapping[str, Any] | None], list[FieldError]]] = {
     "Namespace": validate_namespace,
     "Node": validate_node,
