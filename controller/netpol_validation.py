@@ -9,18 +9,13 @@ namespace) is the same for every kind and is admission's job.
 from __future__ import annotations
 
 import ipaddress
-import re
 from typing import Any
 
-from kubelab.controller.validation import FieldError, iana_svc_name
+from kubelab.controller.validation import FieldError, iana_svc_name, validate_label_selector
 
 PROTOCOLS = ("TCP", "UDP", "SCTP")
 POLICY_TYPES = ("Ingress", "Egress")
 
-_QNAME_FMT = "([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]"
-_QNAME = re.compile(f"^{_QNAME_FMT}$")
-_DNS1123_SUBDOMAIN_FMT = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
-_DNS1123_SUBDOMAIN = re.compile(f"^{_DNS1123_SUBDOMAIN_FMT}$")
 _CIDR_MSG = "must be a valid CIDR value, (e.g. 10.9.8.0/24 or 2001:db8::/64)"
 _PORT_RANGE_MSG = "must be between 1 and 65535, inclusive"
 
@@ -195,88 +190,4 @@ def _ip_block(errs: _Errors, block: Any, path: str) -> None:
 
 
 def _selector(errs: _Errors, sel: Any, path: str) -> None:
-    """``ValidateLabelSelector`` (R13): operators, values, label keys and values."""
-    if sel is None:
-        return
-    if not isinstance(sel, dict):
-        errs.invalid(path, sel, "must be an object")
-        return
-    labels = sel.get("matchLabels")
-    if labels is not None:
-        if not isinstance(labels, dict):
-            errs.invalid(f"{path}.matchLabels", labels, "must be a map of strings")
-        else:
-            for key, value in labels.items():
-                for msg in label_key_errors(key):
-                    errs.invalid(f"{path}.matchLabels", key, msg)
-                for msg in label_value_errors(value):
-                    errs.invalid(f"{path}.matchLabels", value, msg)
-    for i, req in enumerate(_as_list(errs, sel.get("matchExpressions"), f"{path}.matchExpressions")):
-        rpath = f"{path}.matchExpressions[{i}]"
-        if not isinstance(req, dict):
-            errs.invalid(rpath, req, "must be an object")
-            continue
-        op = req.get("operator")
-        values = req.get("values") or []
-        if op in ("In", "NotIn"):
-            if not values:
-                errs.required(f"{rpath}.values", "must be specified when `operator` is 'In' or 'NotIn'")
-        elif op in ("Exists", "DoesNotExist"):
-            if values:
-                errs.forbidden(
-                    f"{rpath}.values", "may not be specified when `operator` is 'Exists' or 'DoesNotExist'"
-                )
-        else:
-            errs.invalid(f"{rpath}.operator", op, "not a valid selector operator")
-        for msg in label_key_errors(req.get("key")):
-            errs.invalid(f"{rpath}.key", req.get("key"), msg)
-
-
-def label_key_errors(key: Any) -> list[str]:
-    """``IsQualifiedName``: ``[prefix/]name``, name at most 63, prefix a DNS subdomain."""
-    if not isinstance(key, str) or not key:
-        return ["name part must be non-empty"]
-    out = []
-    prefix, slash, name = key.rpartition("/")
-    if slash:
-        if not prefix:
-            out.append("prefix part must be non-empty")
-        elif len(prefix) > 253 or not _DNS1123_SUBDOMAIN.match(prefix):
-            out.append(
-                "prefix part a lowercase RFC 1123 subdomain must consist of lower case alphanumeric "
-                "characters, '-' or '.', and must start and end with an alphanumeric character "
-                "(e.g. 'example.com', regex used for validation is "
-                f"'{_DNS1123_SUBDOMAIN_FMT}')"
-            )
-        if prefix.count("/"):
-            return ["a qualified name must consist of alphanumeric characters, '-', '_' or '.', and "
-                    "must start and end with an alphanumeric character with an optional DNS subdomain "
-                    "prefix and '/' (e.g. 'MyName',  or 'my.name',  or '123-abc')"]
-    if not name:
-        out.append("name part must be non-empty")
-    else:
-        if len(name) > 63:
-            out.append("name part must be no more than 63 characters")
-        if not _QNAME.match(name):
-            out.append(
-                "name part must consist of alphanumeric characters, '-', '_' or '.', and must start "
-                "and end with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or "
-                f"'123-abc', regex used for validation is '{_QNAME_FMT}')"
-            )
-    return out
-
-
-def label_value_errors(value: Any) -> list[str]:
-    """``IsValidLabelValue``: empty, or at most 63 characters of the qualified-name form."""
-    if not isinstance(value, str):
-        return ["must be a string"]
-    out = []
-    if len(value) > 63:
-        out.append("must be no more than 63 characters")
-    if value and not _QNAME.match(value):
-        out.append(
-            "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' "
-            "or '.', and must start and end with an alphanumeric character (e.g. 'MyValue',  or "
-            f"'my_value',  or '12345', regex used for validation is '({_QNAME_FMT})?')"
-        )
-    return out
+    errs.items.extend(validate_label_selector(sel, path))  # ValidateLabelSelector, as for every kind
