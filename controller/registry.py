@@ -253,20 +253,8 @@ class Registry:
 
     async def _update(self, obj: dict, op: str, dry_run: bool) -> dict:
         new = self._prepare(obj, creating=False)
-        expect = new["metadata"].get("resourceVersion") or None
-        async with self._lock:
-            snap = self.store.snapshot()
-            kind, ns, name = object_key(new)
-            old = snap.get(kind, ns, name)
-            if old is None:
-                raise NotFound(kind, ns, name)
-            if expect and expect != old["metadata"].get("resourceVersion"):
-                raise Conflict(kind, ns, name)
-            self._carry_meta(new, old)
-            admitted = self._admit(op, new, old, snap)
-            if dry_run:
-                return admitted
-            return (await self.store.commit([Write("update", admitted, expect)]))[0]
+        kind, ns, name = object_key(new)
+        return await self.mutate(kind, ns, name, lambda _old: new, op=op, dry_run=dry_run)
 
     async def mutate(self, kind: str, namespace: str, name: str, fn: Callable[[dict], dict], *,
                      op: str = "update", dry_run: bool = False) -> dict:
